@@ -1,0 +1,63 @@
+"""Building redis-py asyncio clients from URLs, and turning connection loss into one clear error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = ["RedisUnavailableError", "connect", "redact_url", "translate_redis_errors"]
+
+_SCHEMES = ("redis", "rediss", "unix")
+
+
+class RedisUnavailableError(ConnectionError):
+    """Redis could not be reached; the operation may not have been applied.
+
+    Every write of the session service is safe to retry: a retried append of
+    the same event is recognised and not stored twice.
+    """
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def connect(url: str, **kwargs: Any) -> aioredis.Redis:
+    """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
+
+    Credentials (``redis://user:password@host``) and the database number
+    (``/0`` or ``?db=0``) come from the URL, as redis-py parses them. Replies
+    are bytes (``decode_responses=False``) unless ``kwargs`` say otherwise.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"unsupported Redis URL {redact_url(url)!r}: use redis://host:port/db, "
+            "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
+        )
+    kwargs.setdefault("decode_responses", False)
+    return aioredis.Redis.from_url(url, **kwargs)
+
+
+@asynccontextmanager
+async def translate_redis_errors(where: str) -> AsyncIterator[None]:
+    """Re-raises redis-py's connection and timeout errors as :class:`RedisUnavailableError`."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise RedisUnavailableError(
+            f"Redis at {where} is unreachable ({exc}); the call may not have been "
+            "applied and is safe to retry once Redis is back"
+        ) from exc

