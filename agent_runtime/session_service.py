@@ -329,9 +329,7 @@ class RedisSessionService(BaseSessionService):
     async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
         key = AppKeys.for_app(self.key_prefix, app_name).user_state(user_id)
         async with translate_redis_errors(self._where):
-            stored = await cast(
-                "Awaitable[dict[bytes | str, bytes | str]]", self._client.hgetall(key)
-            )
+            stored = await self._client.hgetall(key)
         return {_text(k): json.loads(v) for k, v in stored.items()}
 
     @override
