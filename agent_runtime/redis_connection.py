@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -56,6 +57,9 @@ async def translate_redis_errors(where: str) -> AsyncIterator[None]:
     """Re-raises redis-py's connection and timeout errors as :class:`RedisUnavailableError`."""
     try:
         yield
+    except AuthenticationError:
+        # A subclass of ConnectionError in redis-py, but retrying will not help.
+        raise
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise RedisUnavailableError(
             f"Redis at {where} is unreachable ({exc}); the call may not have been "

@@ -334,10 +334,12 @@ class RedisSessionService(BaseSessionService):
 
     @override
     async def append_event(self, session: Session, event: Event) -> Event:
-        if event.partial:
-            return event
         if not isinstance(event, Event):
             raise TypeError(f"event must be a google.adk Event, got {type(event).__name__}")
+        if not isinstance(session, Session):
+            raise TypeError(f"session must be a google.adk Session, got {type(session).__name__}")
+        if event.partial:
+            return event
         self._apply_temp_state(session, event)
         event = self._trim_temp_delta_state(event)
         keys = self._keys(session.app_name, session.user_id, session.id)

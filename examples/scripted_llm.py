@@ -1,0 +1,33 @@
+"""A scripted ``BaseLlm``: asks for one tool call, then answers with text. No network."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
+from google.genai import types
+
+
+class ScriptedLlm(BaseLlm):
+    """Calls ``tool_name`` once per user turn, then replies with the tool's result as text."""
+
+    model: str = "scripted"
+    tool_name: str = "get_weather"
+    tool_args: dict[str, object] = {"city": "Zurich"}
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        last = llm_request.contents[-1] if llm_request.contents else None
+        responses = [p.function_response for p in (last.parts or [])] if last else []
+        answered = [r for r in responses if r is not None]
+        if answered:
+            text = f"The tool said: {answered[-1].response}"
+            yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text=text)]))
+            return
+        call = types.FunctionCall(name=self.tool_name, args=dict(self.tool_args))
+        yield LlmResponse(
+            content=types.Content(role="model", parts=[types.Part(function_call=call)])
+        )
