@@ -1,0 +1,119 @@
+"""Entry point of a supervised run's child process: ``python -m agent_runtime.child``.
+
+The daemon passes the run as JSON in ``$ADK_SUPERVISOR_RUN``. The child builds
+an ADK Runner on :class:`RedisSessionService`, creates the session if it does not
+exist, runs one invocation with the message and exits 0; if the agent raises,
+it writes the error to the task record (``error``) and exits 1. The daemon owns
+the record's state: the child never moves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+RUN_ENV = "ADK_SUPERVISOR_RUN"
+TASK_ENV = "ADK_SUPERVISOR_TASK_ID"
+EXIT_AGENT_ERROR = 1
+EXIT_BAD_SPEC = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What one run does: the fields the daemon passes to the child."""
+
+    task_id: str
+    app_ref: str
+    app_name: str | None
+    user_id: str
+    session_id: str
+    message: str
+    redis_url: str
+    key_prefix: str
+    session_ttl: float | None
+
+    def to_json(self) -> str:
+        """The spec as the JSON the child reads."""
+        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, raw: str) -> RunSpec:
+        """Parses the JSON the daemon wrote."""
+        data: dict[str, Any] = json.loads(raw)
+        fields: dict[str, Any] = {f: data.get(f) for f in cls.__dataclass_fields__}
+        return cls(**fields)
+
+
+async def run(spec: RunSpec) -> None:
+    """Runs one ADK invocation of ``spec`` to completion."""
+    from google.adk.runners import Runner
+    from google.genai import types
+
+    from .app_loader import load_app
+    from .session_service import RedisSessionService
+
+    loaded = load_app(spec.app_ref, spec.app_name)
+    async with RedisSessionService(spec.redis_url, spec.key_prefix, spec.session_ttl) as sessions:
+        if loaded.app is not None:
+            runner = Runner(app=loaded.app, app_name=loaded.name, session_service=sessions)
+        else:
+            runner = Runner(agent=loaded.agent, app_name=loaded.name, session_service=sessions)
+        existing = await sessions.get_session(
+            app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
+        )
+        if existing is None:
+            await sessions.create_session(
+                app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
+            )
+        message = types.Content(role="user", parts=[types.Part(text=spec.message)])
+        async for _event in runner.run_async(
+            user_id=spec.user_id, session_id=spec.session_id, new_message=message
+        ):
+            pass
+        await runner.close()
+
+
+async def _record_error(spec: RunSpec, error: str) -> None:
+    from .redis_connection import connect
+    from .task_store import TaskStore
+
+    client = connect(spec.redis_url)
+    try:
+        await TaskStore(client, spec.key_prefix).update(spec.task_id, {"error": error[-4000:]})
+    finally:
+        await client.aclose()
+
+
+def main() -> int:
+    """Runs the spec in ``$ADK_SUPERVISOR_RUN``; returns the process exit code."""
+    raw = os.environ.get(RUN_ENV)
+    if not raw:
+        print(
+            f"{RUN_ENV} is not set: this entry point is started by adk-supervisor", file=sys.stderr
+        )
+        return EXIT_BAD_SPEC
+    try:
+        spec = RunSpec.from_json(raw)
+    except (ValueError, TypeError) as exc:
+        print(f"malformed {RUN_ENV}: {exc}", file=sys.stderr)
+        return EXIT_BAD_SPEC
+    try:
+        asyncio.run(run(spec))
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            asyncio.run(_record_error(spec, error))
+        except Exception as record_exc:
+            print(f"could not record the error in Redis: {record_exc}", file=sys.stderr)
+        return EXIT_AGENT_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""The task state machine in Redis, shared by the supervisor daemon and in-process users.
+
+A task is the hash ``<prefix>task:<task_id>``. Its ``state`` moves
+``queued -> starting -> running -> completed | failed | timed_out | aborted``;
+each move is one compare-and-set Lua script, so a late exit can never overwrite
+an abort and a terminal state is final. Every applied move is published as JSON
+on ``<prefix>task-events`` and ``<prefix>task-events:<task_id>`` and appended to
+the capped stream ``<prefix>task-history``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+
+__all__ = ["TERMINAL_STATES", "TaskState", "TaskStore", "TransitionResult"]
+
+
+class TaskState(enum.StrEnum):
+    """States of a task record."""
+
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    ABORTED = "aborted"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether no transition leaves this state."""
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES: Final = frozenset(
+    {TaskState.COMPLETED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.ABORTED}
+)
+
+# Which states each state may be entered from.
+_ALLOWED_FROM: Final[dict[TaskState, tuple[TaskState, ...]]] = {
+    TaskState.STARTING: (TaskState.QUEUED,),
+    TaskState.RUNNING: (TaskState.STARTING,),
+    TaskState.COMPLETED: (TaskState.STARTING, TaskState.RUNNING),
+    TaskState.FAILED: (TaskState.QUEUED, TaskState.STARTING, TaskState.RUNNING),
+    TaskState.TIMED_OUT: (TaskState.STARTING, TaskState.RUNNING),
+    TaskState.ABORTED: (TaskState.QUEUED, TaskState.STARTING, TaskState.RUNNING),
+}
+
+HISTORY_MAXLEN: Final = 10_000
+
+# KEYS: task hash. ARGV: new state, allowed from-states (space separated),
+# event JSON, events channel, per-task channel, then field/value pairs.
+_TRANSITION = r"""
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then
+  return {'MISSING', ''}
+end
+local ok = false
+for s in string.gmatch(ARGV[2], '%S+') do
+  if s == cur then ok = true end
+end
+if not ok then
+  return {'REJECTED', cur}
+end
+if #ARGV > 5 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+redis.call('PUBLISH', ARGV[5], ARGV[3])
+return {'OK', cur}
+"""
+
+# KEYS: task hash. ARGV: event JSON, events channel, per-task channel, field/value pairs.
+_CREATE = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'EXISTS', redis.call('HGET', KEYS[1], 'state') or ''}
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return {'OK', ''}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionResult:
+    """Outcome of a compare-and-set: ``applied``, else the state that prevented it."""
+
+    applied: bool
+    previous: str | None
+
+    @property
+    def missing(self) -> bool:
+        """The task record does not exist."""
+        return not self.applied and self.previous is None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _flat(fields: Mapping[str, object]) -> list[str]:
+    out: list[str] = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        out.append(key)
+        out.append(
+            value
+            if isinstance(value, str)
+            else json.dumps(value)
+            if isinstance(value, dict | list)
+            else str(value)
+        )
+    return out
+
+
+class TaskStore:
+    """Reads and moves task records; the one implementation of the state machine."""
+
+    def __init__(self, client: aioredis.Redis, key_prefix: str = "adk:") -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self.events_channel = f"{key_prefix}task-events"
+        self.history_stream = f"{key_prefix}task-history"
+        self._transition = client.register_script(_TRANSITION)
+        self._create = client.register_script(_CREATE)
+
+    def task_key(self, task_id: str) -> str:
+        """The hash of one task."""
+        return f"{self.key_prefix}task:{task_id}"
+
+    def task_channel(self, task_id: str) -> str:
+        """The channel that carries one task's transitions."""
+        return f"{self.key_prefix}task-events:{task_id}"
+
+    def abort_channel(self, task_id: str) -> str:
+        """The channel whose messages abort one task."""
+        return f"{self.key_prefix}abort:{task_id}"
+
+    def abort_mark_key(self, task_id: str) -> str:
+        """The durable abort mark of one task (pub/sub alone can lose a message)."""
+        return f"{self.key_prefix}abort-mark:{task_id}"
+
+    @staticmethod
+    def _event(task_id: str, state: str, at: float, detail: Mapping[str, object]) -> str:
+        return json.dumps({"task_id": task_id, "state": state, "at": at, "detail": dict(detail)})
+
+    async def create(
+        self, task_id: str, state: TaskState, fields: Mapping[str, object]
+    ) -> TransitionResult:
+        """Creates the record in ``state`` unless it exists (then ``previous`` is its state)."""
+        now = time.time()
+        record = {"task_id": task_id, "state": state.value, "created_at": repr(now), **fields}
+        event = self._event(
+            task_id, state.value, now, {k: v for k, v in fields.items() if k != "message"}
+        )
+        status, prev = await self._create(
+            keys=[self.task_key(task_id)],
+            args=[event, self.events_channel, self.task_channel(task_id), *_flat(record)],
+        )
+        applied = _text(status) == "OK"
+        if applied:
+            await self._history(event)
+        return TransitionResult(applied, None if applied else _text(prev))
+
+    async def transition(
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: Mapping[str, object] | None = None,
+        *,
+        allowed_from: Iterable[TaskState] | None = None,
+    ) -> TransitionResult:
+        """Moves the task to ``state`` if its current state allows it; sets ``fields`` with it."""
+        fields = dict(fields or {})
+        now = time.time()
+        if state.terminal:
+            fields.setdefault("ended_at", repr(now))
+        sources = tuple(allowed_from) if allowed_from is not None else _ALLOWED_FROM[state]
+        event = self._event(task_id, state.value, now, fields)
+        status, prev = await self._transition(
+            keys=[self.task_key(task_id)],
+            args=[state.value, " ".join(s.value for s in sources), event, self.events_channel,
+                  self.task_channel(task_id), *_flat(fields)],
+        )  # fmt: skip
+        status = _text(status)
+        if status == "OK":
+            await self._history(event)
+            return TransitionResult(True, _text(prev))
+        return TransitionResult(False, None if status == "MISSING" else _text(prev))
+
+    async def fail_many(self, failures: Mapping[str, Mapping[str, object]]) -> int:
+        """Moves many non-terminal tasks to ``failed`` in pipelined batches; returns how many moved."""
+        moved = 0
+        items = list(failures.items())
+        for start in range(0, len(items), 500):
+            batch = items[start : start + 500]
+            now = time.time()
+            events = []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for task_id, fields in batch:
+                    f = {**fields, "ended_at": repr(now)}
+                    event = self._event(task_id, TaskState.FAILED.value, now, f)
+                    events.append(event)
+                    sources = " ".join(s.value for s in _ALLOWED_FROM[TaskState.FAILED])
+                    await self._transition(
+                        keys=[self.task_key(task_id)],
+                        args=[TaskState.FAILED.value, sources, event, self.events_channel,
+                              self.task_channel(task_id), *_flat(f)],
+                        client=pipe,
+                    )  # fmt: skip
+                replies = await pipe.execute()
+            async with self.client.pipeline(transaction=False) as pipe:
+                for event, (status, _prev) in zip(events, replies, strict=True):
+                    if _text(status) == "OK":
+                        moved += 1
+                        pipe.xadd(
+                            self.history_stream,
+                            {"event": event},
+                            maxlen=HISTORY_MAXLEN,
+                            approximate=True,
+                        )
+                await pipe.execute()
+        return moved
+
+    async def _history(self, event: str) -> None:
+        await self.client.xadd(
+            self.history_stream, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
+        )
+
+    async def update(self, task_id: str, fields: Mapping[str, object]) -> None:
+        """Sets informational fields (progress, errors) without a state change."""
+        flat = _flat(fields)
+        if flat:
+            await self.client.hset(
+                self.task_key(task_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True))
+            )
+
+    async def get(self, task_id: str) -> dict[str, str] | None:
+        """The task record as strings, or None if there is none."""
+        raw = await self.client.hgetall(self.task_key(task_id))
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    async def get_many(self, task_ids: Iterable[str]) -> list[dict[str, str] | None]:
+        """Records of many tasks in one pipelined round trip."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for task_id in task_ids:
+                pipe.hgetall(self.task_key(task_id))
+            replies = await pipe.execute()
+        return [{_text(k): _text(v) for k, v in r.items()} if r else None for r in replies]
+
+    async def request_abort(
+        self, task_id: str, reason: str = "", ttl_s: int = 7 * 24 * 3600
+    ) -> int:
+        """Leaves the durable abort mark, then publishes the abort; returns the subscriber count."""
+        payload = json.dumps({"action": "abort", "reason": reason or "aborted by request"})
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.set(self.abort_mark_key(task_id), payload, ex=ttl_s)
+            pipe.publish(self.abort_channel(task_id), payload)
+            _, receivers = await pipe.execute()
+        return int(receivers)
+
+    async def abort_marks(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """The abort payloads of those tasks that carry a durable abort mark."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        values = await self.client.mget([self.abort_mark_key(t) for t in ids])
+        return {t: _text(v) for t, v in zip(ids, values, strict=True) if v is not None}
+
+
+def parse_abort_payload(payload: bytes | str | None) -> tuple[str, bool]:
+    """The reason an abort message carries, and whether the payload was well-formed JSON.
+
+    Any payload aborts: a JSON object may carry ``reason``; anything else is
+    still an abort, with a generic reason.
+    """
+    if payload is None:
+        return "aborted", True
+    text = _text(payload)
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        return "aborted (non-JSON abort payload)", False
+    if isinstance(data, dict):
+        reason = data.get("reason")
+        return (str(reason) if reason else "aborted"), True
+    return "aborted", True

@@ -1,0 +1,487 @@
+"""The supervisor daemon: takes runs from a Redis stream, runs each in its own process
+tree, kills trees on abort or timeout, and records every run in the task state machine.
+
+Concurrency is one anyio task group: the reaper, the abort listener, the
+outbox flusher, the stream consumer and one task per run. Kills happen
+synchronously in the event loop, with no Redis round trip in between.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from agent_runtime.child import RunSpec
+from agent_runtime.redis_connection import connect, redact_url
+from agent_runtime.task_store import TaskState, TaskStore, parse_abort_payload
+
+from .config import Settings
+from .process_tree import (
+    Containment,
+    RunContainer,
+    boot_id,
+    choose_containment,
+    set_child_subreaper,
+)
+from .reconcile import reconcile_node
+from .spawner import ExecSpawner, SpawnedProcess, Spawner
+
+__all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
+
+log = logging.getLogger("adk_supervisor")
+
+RUNS_GROUP = "supervisors"
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+def runs_stream(key_prefix: str) -> str:
+    """The stream clients XADD runs to."""
+    return f"{key_prefix}runs"
+
+
+def node_tasks_key(key_prefix: str, node_id: str) -> str:
+    """The set of this node's non-terminal tasks, read by startup reconcile."""
+    return f"{key_prefix}node:{node_id}:tasks"
+
+
+@dataclass(eq=False)
+class ActiveRun:
+    """A run whose process tree this daemon owns."""
+
+    spec: RunSpec
+    container: RunContainer
+    proc: SpawnedProcess
+    started: float
+    deadline: float | None
+    exited: anyio.Event = field(default_factory=anyio.Event)
+    finished: anyio.Event = field(default_factory=anyio.Event)
+    wait_status: int | None = None
+    rusage: Any = None
+    kill: tuple[TaskState, str, int] | None = None  # (state, reason, signal) of our kill
+    kill_sent_at: float | None = None
+
+
+class Supervisor:
+    """One daemon: ``await Supervisor(settings).serve()`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        spawner: Spawner | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url or settings.redis_url or "redis://localhost:6379/0"
+        self.node_id = settings.node_id
+        self.boot_id = boot_id()
+        self.spawner = spawner or ExecSpawner()
+        self.client: aioredis.Redis = connect(self.redis_url)
+        self.store = TaskStore(self.client, settings.key_prefix)
+        self.stream = runs_stream(settings.key_prefix)
+        self.node_key = node_tasks_key(settings.key_prefix, self.node_id)
+        self.containment: Containment | None = None
+        self.runs: dict[str, ActiveRun] = {}
+        self._by_pid: dict[int, ActiveRun] = {}
+        self._outbox: deque[tuple[str, TaskState, dict[str, object]]] = deque()
+        self._outbox_wake = anyio.Event()
+        self._outbox_empty = anyio.Event()
+        self._outbox_empty.set()
+        self._stopping = anyio.Event()
+        self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
+        self.log_dir = settings.state_dir / "logs"
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reconciles orphans, then serves until :meth:`stop`; kills remaining runs on the way out."""
+        set_child_subreaper()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.containment = choose_containment(self.settings.kill_mechanism, self.node_id)
+        log.info(
+            "adk-supervisor node=%s redis=%s kill_mechanism=%s max_concurrent_runs=%d",
+            self.node_id, redact_url(self.redis_url), self.containment.name,
+            self.settings.max_concurrent_runs,
+        )  # fmt: skip
+        report = await reconcile_node(self.store, self.node_key, self.boot_id, self.containment)
+        if report.failed:
+            log.warning(
+                "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
+            )
+        await self._ensure_group()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reaper)
+                tg.start_soon(self._flush_outbox)
+                await tg.start(self._listen_aborts)
+                tg.start_soon(self._consume, tg)
+                log.info("ready: reconcile done, abort subscription up, taking runs")
+                task_status.started()
+                await self._stopping.wait()
+                for run in list(self.runs.values()):
+                    self._kill(run, TaskState.FAILED, "supervisor shutting down")
+                with anyio.move_on_after(10):
+                    for run in list(self.runs.values()):
+                        await run.finished.wait()
+                with anyio.move_on_after(5):
+                    await self._outbox_empty.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.client.aclose()
+
+    def stop(self) -> None:
+        """Asks :meth:`serve` to kill its runs, record them and return."""
+        self._stopping.set()
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self.client.xgroup_create(self.stream, RUNS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # ------------------------------------------------------------------- reaping
+
+    async def _reaper(self) -> None:
+        # The daemon is a subreaper: it reaps every child, its run leaders and
+        # every orphaned grandchild reparented to it.
+        with anyio.open_signal_receiver(signal.SIGCHLD) as signals:
+            self._reap()
+            async for _ in signals:
+                self._reap()
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status, rusage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self._by_pid.pop(pid, None)
+            if run is None:
+                continue
+            run.wait_status = status
+            run.rusage = rusage
+            # The pidfd now names a reaped process: never signal through it again.
+            os.close(run.proc.pidfd)
+            run.exited.set()
+
+    # ------------------------------------------------------------------- aborts
+
+    async def _listen_aborts(self, *, task_status: TaskStatus[None]) -> None:
+        pattern = f"{self.settings.key_prefix}abort:*"
+        prefix_len = len(pattern) - 1
+        started = False
+        backoff = 0.05
+        while True:
+            pubsub = self.client.pubsub()
+            try:
+                await pubsub.psubscribe(pattern)
+                while True:
+                    message = await pubsub.get_message(timeout=None)
+                    if message is None:
+                        continue
+                    if message["type"] == "psubscribe":
+                        # Every (re)subscribe: honour aborts published while we were away.
+                        await self._apply_abort_marks()
+                        backoff = 0.05
+                        if not started:
+                            started = True
+                            task_status.started()
+                        continue
+                    if message["type"] != "pmessage":
+                        continue
+                    received = time.monotonic()
+                    channel = message["channel"]
+                    channel = channel.decode() if isinstance(channel, bytes) else channel
+                    self._on_abort(channel[prefix_len:], message["data"], received)
+            except _REDIS_DOWN as exc:
+                log.warning("abort subscription lost (%s); resubscribing in %.2fs", exc, backoff)
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _on_abort(self, task_id: str, payload: bytes | str | None, received: float) -> None:
+        reason, well_formed = parse_abort_payload(payload)
+        if not well_formed:
+            log.warning(
+                "abort for %s carries a non-JSON payload %r: aborting anyway", task_id, payload
+            )
+        run = self.runs.get(task_id)
+        if run is None:
+            log.info("abort for %s: not running on this node, ignored", task_id)
+            return
+        self._kill(run, TaskState.ABORTED, reason)
+        log.info(
+            "abort %s: kill sent %.2f ms after receipt",
+            task_id,
+            (time.monotonic() - received) * 1000,
+        )
+
+    async def _apply_abort_marks(self) -> None:
+        marks = await self.store.abort_marks(list(self.runs))
+        for task_id, payload in marks.items():
+            run = self.runs.get(task_id)
+            if run is not None:
+                self._kill(run, TaskState.ABORTED, parse_abort_payload(payload)[0])
+
+    # ---------------------------------------------------------------------- kill
+
+    def _kill(self, run: ActiveRun, state: TaskState, reason: str) -> None:
+        """Kills the run's whole tree now (SIGTERM first only with a configured grace)."""
+        if run.kill is not None:
+            return
+        assert self.containment is not None
+        grace = self.settings.kill_grace_s
+        sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
+        run.kill = (state, reason, signal.SIGKILL)
+        run.kill_sent_at = time.monotonic()
+        pidfd = None if run.exited.is_set() else run.proc.pidfd
+        self.containment.kill(run.container, pidfd, run.proc.pid, sig)
+
+    async def _ensure_tree_gone(self, run: ActiveRun) -> None:
+        assert self.containment is not None
+        if run.kill is not None and self.settings.kill_grace_s > 0:
+            with anyio.move_on_after(self.settings.kill_grace_s):
+                await run.exited.wait()
+        for attempt in range(2000):
+            if run.exited.is_set() and not self.containment.populated(run.container):
+                return
+            # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
+            if attempt == 0 or run.kill is not None:
+                pidfd = None if run.exited.is_set() else run.proc.pidfd
+                self.containment.kill(run.container, pidfd, run.proc.pid, signal.SIGKILL)
+            await anyio.sleep(0.001 if attempt < 50 else 0.01)
+        log.error("run %s: process tree still populated after kill", run.spec.task_id)
+
+    # ------------------------------------------------------------------- records
+
+    async def _record(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+        """Writes a transition now, or keeps it in order until Redis is back."""
+        if not self._outbox:
+            try:
+                await self._write(task_id, state, fields)
+                return
+            except _REDIS_DOWN as exc:
+                log.warning("Redis unreachable (%s): keeping %s=%s for later", exc, task_id, state)
+        self._outbox.append((task_id, state, fields))
+        if self._outbox_empty.is_set():
+            self._outbox_empty = anyio.Event()
+        self._outbox_wake.set()
+
+    async def _write(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+        result = await self.store.transition(task_id, state, fields)
+        if state.terminal:
+            await self.client.srem(self.node_key, task_id)
+        if not result.applied:
+            log.info("task %s: %s not recorded, already %s", task_id, state, result.previous)
+
+    async def _flush_outbox(self) -> None:
+        while True:
+            await self._outbox_wake.wait()
+            self._outbox_wake = anyio.Event()
+            while self._outbox:
+                task_id, state, fields = self._outbox[0]
+                try:
+                    await self._write(task_id, state, fields)
+                except _REDIS_DOWN:
+                    await anyio.sleep(0.2)
+                    continue
+                self._outbox.popleft()
+                log.info("task %s: %s written after Redis came back", task_id, state)
+            self._outbox_empty.set()
+
+    # ------------------------------------------------------------------ consuming
+
+    async def _consume(self, tg: anyio.abc.TaskGroup) -> None:
+        backlog = True  # first re-read what this consumer took but never acknowledged
+        while not self._stopping.is_set():
+            await self._capacity.acquire()
+            try:
+                reply: Any = await self.client.xreadgroup(
+                    RUNS_GROUP, self.node_id, {self.stream: "0" if backlog else ">"},
+                    count=1, block=None if backlog else 1000,
+                )  # fmt: skip
+            except _REDIS_DOWN as exc:
+                self._capacity.release()
+                log.warning("cannot read runs (%s); retrying", exc)
+                await anyio.sleep(0.5)
+                continue
+            entries = reply[0][1] if reply else []
+            if not entries:
+                self._capacity.release()
+                backlog = False
+                continue
+            entry_id, fields = entries[0]
+            if backlog and not fields:  # a backlog entry already deleted
+                await self.client.xack(self.stream, RUNS_GROUP, entry_id)
+                self._capacity.release()
+                continue
+            tg.start_soon(self._run_entry, entry_id, fields)
+
+    async def _run_entry(self, entry_id: bytes, raw: dict[bytes, bytes]) -> None:
+        try:
+            await self._start_and_watch(entry_id, {k.decode(): v.decode() for k, v in raw.items()})
+        finally:
+            self._capacity.release()
+
+    def _resolve_app(self, app: str) -> str:
+        if app in self.settings.apps:
+            return self.settings.apps[app]
+        if ":" in app:
+            return app
+        raise ValueError(
+            f"unknown app {app!r}: name one of [apps] ({', '.join(sorted(self.settings.apps)) or 'none configured'}) "
+            "or give an import path 'package.module:attribute'"
+        )
+
+    async def _start_and_watch(self, entry_id: bytes, request: dict[str, str]) -> None:
+        task_id = request.get("task_id") or ""
+        try:
+            if not task_id:
+                raise ValueError("missing task_id")
+            for name in ("app", "user_id", "message"):
+                if not request.get(name):
+                    raise ValueError(f"missing {name}")
+            app_ref = self._resolve_app(request["app"])
+            timeout = (
+                float(request["timeout"])
+                if request.get("timeout")
+                else self.settings.default_timeout_s
+            )
+            if timeout is not None and timeout <= 0:
+                raise ValueError(f"timeout must be positive, got {timeout}")
+        except ValueError as exc:
+            log.warning("run request %s rejected: %s", entry_id, exc)
+            if task_id:
+                await self._record(task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"})
+            await self.client.xack(self.stream, RUNS_GROUP, entry_id)
+            return
+
+        marks = await self.store.abort_marks([task_id])
+        if task_id in marks:
+            reason = parse_abort_payload(marks[task_id])[0]
+            await self._record(task_id, TaskState.ABORTED, {"reason": reason})
+            await self.client.xack(self.stream, RUNS_GROUP, entry_id)
+            log.info("task %s aborted before it started: %s", task_id, reason)
+            return
+
+        session_id = request.get("session_id") or task_id
+        starting = {
+            "node_id": self.node_id, "boot_id": self.boot_id, "intent": "spawn",
+            "app": request["app"], "user_id": request["user_id"], "session_id": session_id,
+            "started_at": repr(time.time()),
+        }  # fmt: skip
+        await self.client.sadd(self.node_key, task_id)
+        moved = await self.store.transition(task_id, TaskState.STARTING, starting)
+        if moved.missing:
+            moved = await self.store.create(task_id, TaskState.STARTING, starting)
+        await self.client.xack(self.stream, RUNS_GROUP, entry_id)
+        if not moved.applied:
+            await self.client.srem(self.node_key, task_id)
+            log.info("task %s not started: it is already %s", task_id, moved.previous)
+            return
+
+        spec = RunSpec(
+            task_id=task_id, app_ref=app_ref, app_name=None, user_id=request["user_id"],
+            session_id=session_id, message=request["message"], redis_url=self.redis_url,
+            key_prefix=self.settings.key_prefix, session_ttl=self.settings.session_ttl_s,
+        )  # fmt: skip
+        assert self.containment is not None
+        container = self.containment.prepare(task_id)
+        try:
+            proc = self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
+        except OSError as exc:
+            self.containment.release(container)
+            await self._record(task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"})
+            return
+        now = time.monotonic()
+        run = ActiveRun(spec, container, proc, now, None if timeout is None else now + timeout)
+        self.runs[task_id] = run
+        self._by_pid[proc.pid] = run
+        self._reap()  # the child may already have exited
+        await self._record(task_id, TaskState.RUNNING, {
+            "pid": proc.pid, "pgid": proc.pid, "start_ticks": proc.start_ticks,
+            "cgroup": str(container.cgroup or ""),
+        })  # fmt: skip
+        log.info("task %s started: app=%s pid=%d", task_id, request["app"], proc.pid)
+        # An abort published between the check above and registering the run found nothing to kill.
+        with contextlib.suppress(*_REDIS_DOWN):
+            await self._apply_abort_marks()
+        try:
+            await self._watch(run)
+        finally:
+            self.runs.pop(task_id, None)
+            self._by_pid.pop(proc.pid, None)
+            run.finished.set()
+
+    async def _watch(self, run: ActiveRun) -> None:
+        if run.deadline is None:
+            await run.exited.wait()
+        else:
+            with anyio.move_on_at(run.deadline):
+                await run.exited.wait()
+            if not run.exited.is_set():
+                limit = run.deadline - run.started
+                self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
+        await self._ensure_tree_gone(run)
+        await run.exited.wait()
+        assert self.containment is not None
+        self.containment.release(run.container)
+        state, fields = await self._outcome(run)
+        duration = time.monotonic() - run.started
+        fields["duration_s"] = f"{duration:.3f}"
+        await self._record(run.spec.task_id, state, fields)
+        log.info(
+            "task %s %s after %.2fs: %s",
+            run.spec.task_id,
+            state.value,
+            duration,
+            fields.get("reason"),
+        )
+
+    async def _outcome(self, run: ActiveRun) -> tuple[TaskState, dict[str, object]]:
+        status = run.wait_status if run.wait_status is not None else 0
+        fields: dict[str, object] = {}
+        if run.rusage is not None:
+            fields["cpu_s"] = f"{run.rusage.ru_utime + run.rusage.ru_stime:.3f}"
+            fields["max_rss_kb"] = run.rusage.ru_maxrss
+        if os.WIFEXITED(status):
+            fields["exit_code"] = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            fields["signal"] = signal.Signals(os.WTERMSIG(status)).name
+        if run.kill is not None:
+            state, reason, sig = run.kill
+            fields["reason"] = reason
+            fields.setdefault("signal", signal.Signals(sig).name)
+            return state, fields
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            fields["reason"] = "exited 0"
+            return TaskState.COMPLETED, fields
+        error = ""
+        with contextlib.suppress(*_REDIS_DOWN):
+            record = await self.store.get(run.spec.task_id)
+            error = (record or {}).get("error", "")
+        if os.WIFSIGNALED(status):
+            reason = f"killed by {fields['signal']} (not sent by the supervisor)"
+        else:
+            reason = f"exit code {fields.get('exit_code')}"
+        fields["reason"] = f"{reason}: {error}" if error else reason
+        return TaskState.FAILED, fields

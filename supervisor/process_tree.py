@@ -1,0 +1,259 @@
+"""Process identity and the two ways to contain and kill a run's whole process tree.
+
+- ``cgroup``: each run gets a cgroup v2 leaf, joined in the child before exec;
+  the kill is ``cgroup.kill`` and the tree is gone when ``cgroup.events`` says
+  ``populated 0``. Nothing escapes it, not even a double-forked ``setsid()``.
+- ``pgroup``: each run is its own session and process group; the kill signals
+  the group through a pidfd of the unreaped leader, then sweeps the daemon's
+  descendants (it is a child subreaper, so escaped grandchildren are
+  reparented to it) that carry the run's ``ADK_SUPERVISOR_TASK_ID`` marker.
+
+Written against /proc and the cgroup files directly: psutil has no cgroup or
+pidfd support, and its start time is a float rebuilt from boot time, where an
+exact tick count is needed for identity checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal, Protocol
+
+import psutil
+
+__all__ = [
+    "TASK_ENV",
+    "CgroupContainment",
+    "Containment",
+    "PgroupContainment",
+    "RunContainer",
+    "boot_id",
+    "choose_containment",
+    "find_writable_cgroup2",
+    "process_start_ticks",
+    "set_child_subreaper",
+    "set_parent_death_signal",
+]
+
+log = logging.getLogger(__name__)
+
+TASK_ENV: Final = "ADK_SUPERVISOR_TASK_ID"
+_PR_SET_PDEATHSIG: Final = 1
+_PR_SET_CHILD_SUBREAPER: Final = 36
+_PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # Linux 6.9+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _prctl(option: int, arg: int) -> None:
+    if _libc.prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def set_child_subreaper() -> None:
+    """Makes orphaned descendants reparent to this process instead of init."""
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """In a child: receive ``sig`` when the thread that forked it exits."""
+    _prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def boot_id() -> str:
+    """This boot's id: a PID and start time only identify a process within one boot."""
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def process_start_ticks(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return int(fields[19])
+
+
+def find_writable_cgroup2() -> Path | None:
+    """The cgroup v2 directory of this process, if it is mounted and writable."""
+    mount: Path | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                mount = Path(left.split()[4])
+                break
+    if mount is None:
+        return None
+    own = "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:]
+    path = mount / own.lstrip("/")
+    if not (path / "cgroup.procs").exists() or not os.access(path, os.W_OK):
+        return None
+    return path
+
+
+@dataclass(slots=True)
+class RunContainer:
+    """The containment of one run, created before it is spawned."""
+
+    task_id: str
+    cgroup: Path | None = None
+
+    def preexec(self) -> None:
+        """In the forked child, before exec: join the run's cgroup leaf."""
+        if self.cgroup is not None:
+            fd = os.open(self.cgroup / "cgroup.procs", os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+
+
+class Containment(Protocol):
+    """How runs are contained and killed; chosen once at daemon start."""
+
+    name: str
+
+    def prepare(self, task_id: str) -> RunContainer:
+        """Creates the container of a run before it is spawned."""
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        """Sends ``sig`` to every process of the run's tree, at once."""
+
+    def populated(self, container: RunContainer) -> bool:
+        """Whether any process of the run's tree is still alive."""
+
+    def release(self, container: RunContainer) -> None:
+        """Removes what :meth:`prepare` created, once the tree is gone."""
+
+
+class CgroupContainment:
+    """One cgroup v2 leaf per run; ``cgroup.kill`` takes the whole tree."""
+
+    name = "cgroup"
+
+    def __init__(self, parent: Path, node_id: str) -> None:
+        self.root = parent / f"adk-supervisor-{node_id}"
+        self.root.mkdir(exist_ok=True)
+
+    def leaf(self, task_id: str) -> Path:
+        """The cgroup directory of a run."""
+        return self.root / f"run-{task_id}"
+
+    def prepare(self, task_id: str) -> RunContainer:
+        leaf = self.leaf(task_id)
+        leaf.mkdir(exist_ok=True)
+        return RunContainer(task_id, leaf)
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        assert container.cgroup is not None
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(FileNotFoundError):
+                (container.cgroup / "cgroup.kill").write_text("1")
+            return
+        with contextlib.suppress(FileNotFoundError):
+            for pid in (container.cgroup / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), sig)
+
+    def populated(self, container: RunContainer) -> bool:
+        assert container.cgroup is not None
+        try:
+            events = (container.cgroup / "cgroup.events").read_text()
+        except FileNotFoundError:
+            return False
+        return "populated 1" in events
+
+    def release(self, container: RunContainer) -> None:
+        if container.cgroup is not None:
+            with contextlib.suppress(FileNotFoundError):
+                container.cgroup.rmdir()
+
+    def leftover_leaves(self) -> list[Path]:
+        """Leaves of runs a previous daemon on this node left behind."""
+        return [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("run-")]
+
+
+def _tagged_descendants(task_id: str) -> list[psutil.Process]:
+    marker = f"{TASK_ENV}={task_id}".encode()
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(proc)
+    return found
+
+
+class PgroupContainment:
+    """Process group + subreaper sweep, where no writable cgroup v2 exists."""
+
+    name = "pgroup"
+
+    def prepare(self, task_id: str) -> RunContainer:
+        return RunContainer(task_id)
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        # The group is signalled only while its leader is unreaped: its pidfd (or
+        # its PID, which cannot be reused before the reap) still names our run.
+        if leader_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(leader_pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # kernel without the group flag
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, sig)
+                elif exc.errno != errno.ESRCH:
+                    raise
+        # Escaped members (setsid, double fork) carry the run's marker.
+        for _ in range(10):
+            procs = _tagged_descendants(container.task_id)
+            if not procs:
+                return
+            for proc in procs:
+                with contextlib.suppress(psutil.Error):
+                    proc.send_signal(sig)
+            if sig != signal.SIGKILL:
+                return
+
+    def populated(self, container: RunContainer) -> bool:
+        return any(
+            p.status() != psutil.STATUS_ZOMBIE for p in _tagged_descendants(container.task_id)
+        )
+
+    def release(self, container: RunContainer) -> None:
+        return None
+
+
+def choose_containment(mode: Literal["auto", "cgroup", "pgroup"], node_id: str) -> Containment:
+    """The containment ``mode`` asks for; ``auto`` prefers cgroups where they are writable."""
+    if mode == "pgroup":
+        return PgroupContainment()
+    parent = find_writable_cgroup2()
+    if parent is not None:
+        try:
+            return CgroupContainment(parent, node_id)
+        except OSError as exc:
+            if mode == "cgroup":
+                raise RuntimeError(f"cannot create a cgroup under {parent}: {exc}") from exc
+            log.warning("cgroup v2 at %s is not usable (%s): using process groups", parent, exc)
+    elif mode == "cgroup":
+        raise RuntimeError(
+            "kill_mechanism = 'cgroup' but no writable cgroup v2 hierarchy was found "
+            "(run as root, or under systemd with Delegate=yes)"
+        )
+    return PgroupContainment()

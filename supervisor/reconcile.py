@@ -1,0 +1,123 @@
+"""Startup reconcile: no record of this node stays ``starting``/``running`` after its process died.
+
+A record's process is ours only if boot id, PID and start time all match; a
+PID that now belongs to someone else is never signalled. A live process that
+is proven ours is killed with its whole tree (cgroup leaf, else its group
+through a pidfd and every process carrying the run's marker) before the
+record is failed as orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import psutil
+
+from agent_runtime.task_store import TaskStore
+
+from .process_tree import TASK_ENV, CgroupContainment, Containment, process_start_ticks
+
+__all__ = ["ReconcileReport", "reconcile_node"]
+
+log = logging.getLogger("adk_supervisor")
+
+_LIVE_STATES = ("starting", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What a reconcile did."""
+
+    examined: int
+    failed: int
+    killed: int
+    seconds: float
+
+
+def _kill_marked(task_ids: set[str]) -> None:
+    """SIGKILLs every process on the host that carries one of these runs' markers."""
+    markers = {f"{TASK_ENV}={t}".encode() for t in task_ids}
+    for proc in psutil.process_iter():
+        try:
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if markers.intersection(environ.split(b"\0")):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+
+
+def _kill_proven(pid: int, start_ticks: int) -> bool:
+    """Kills ``pid``'s group if the PID still names the recorded process; True if it did."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        # Identity is checked after the pidfd is held: the PID cannot be reused under it.
+        if process_start_ticks(pid) != start_ticks:
+            return False
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL, None, 4)  # whole process group
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        return True
+    finally:
+        os.close(pidfd)
+
+
+async def reconcile_node(
+    store: TaskStore, node_key: str, boot: str, containment: Containment
+) -> ReconcileReport:
+    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned."""
+    began = time.monotonic()
+    raw_ids = await store.client.smembers(node_key)
+    task_ids = sorted(t.decode() if isinstance(t, bytes) else t for t in raw_ids)
+    records = await store.get_many(task_ids)
+    failures: dict[str, dict[str, object]] = {}
+    finished: list[str] = []
+    killed: set[str] = set()
+    for task_id, record in zip(task_ids, records, strict=True):
+        if record is None or record.get("state") not in _LIVE_STATES:
+            finished.append(task_id)
+            continue
+        pid = int(record.get("pid") or 0)
+        ticks = int(record.get("start_ticks") or 0)
+        if record.get("boot_id") != boot:
+            reason = "orphaned: the node rebooted since the run started"
+        elif not pid:
+            reason = "orphaned: the supervisor died while starting the run"
+        elif process_start_ticks(pid) != ticks:
+            reason = f"orphaned: process {pid} is gone"
+        elif _kill_proven(pid, ticks):
+            killed.add(task_id)
+            reason = "orphaned: killed at supervisor restart"
+        else:
+            reason = f"orphaned: process {pid} is gone"
+        failures[task_id] = {"reason": reason}
+    # Whatever escaped its group (setsid, double fork) carries the run's marker.
+    if failures:
+        _kill_marked(set(failures))
+    if isinstance(containment, CgroupContainment):
+        for leaf in containment.leftover_leaves():
+            with contextlib.suppress(OSError):
+                (leaf / "cgroup.kill").write_text("1")
+            for _ in range(200):
+                if "populated 0" in (leaf / "cgroup.events").read_text():
+                    break
+                await anyio.sleep(0.005)
+            with contextlib.suppress(OSError):
+                leaf.rmdir()
+    moved = await store.fail_many(failures)
+    if failures or finished:
+        await store.client.srem(node_key, *failures, *finished)
+    for task_id, fields in failures.items():
+        log.warning("task %s failed at reconcile: %s", task_id, fields["reason"])
+    return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began)

@@ -1,0 +1,95 @@
+"""Starting a real supervisor daemon process against the test Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """``python -m supervisor run`` as a child of the test, with its own node id and state dir."""
+
+    def __init__(
+        self, redis_url: str, key_prefix: str, state_dir: Path, mechanism: str, **env: str
+    ) -> None:
+        self.redis_url = redis_url
+        self.key_prefix = key_prefix
+        self.state_dir = state_dir
+        self.node_id = env.pop("node_id", f"node-{uuid.uuid4().hex[:8]}")
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "ADK_SUPERVISOR_KEY_PREFIX": key_prefix,
+            "ADK_SUPERVISOR_NODE_ID": self.node_id,
+            "ADK_SUPERVISOR_STATE_DIR": str(state_dir),
+            "ADK_SUPERVISOR_KILL_MECHANISM": mechanism,
+            "ADK_SUPERVISOR_LOG_LEVEL": "DEBUG",
+            "ADK_EXAMPLE_HOLD_S": "60",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "daemon.log"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Starts the daemon and waits until its abort subscription is up."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor", "--redis-url", self.redis_url, "run"],
+            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log()}")
+            if "ready: reconcile done" in self.log():
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"daemon not ready after {timeout}s: {self.log()}")
+
+    def log(self) -> str:
+        """What the daemon logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def pid(self) -> int:
+        """The daemon's PID."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every live process below the daemon."""
+        try:
+            return [
+                p
+                for p in psutil.Process(self.pid).children(recursive=True)
+                if p.status() != psutil.STATUS_ZOMBIE
+            ]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill9(self) -> None:
+        """SIGKILLs the daemon, as a crash would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        """SIGTERM, then wait for a clean exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
