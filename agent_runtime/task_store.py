@@ -286,7 +286,7 @@ def parse_abort_payload(payload: bytes | str | None) -> tuple[str, bool]:
     """
     if payload is None:
         return "aborted", True
-    text = _text(payload)
+    text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
     try:
         data: Any = json.loads(text)
     except ValueError:

@@ -208,8 +208,13 @@ class Supervisor:
                         continue
                     received = time.monotonic()
                     channel = message["channel"]
-                    channel = channel.decode() if isinstance(channel, bytes) else channel
-                    self._on_abort(channel[prefix_len:], message["data"], received)
+                    channel = (
+                        channel.decode(errors="replace") if isinstance(channel, bytes) else channel
+                    )
+                    try:
+                        self._on_abort(channel[prefix_len:], message["data"], received)
+                    except Exception:  # one bad message must not stop the listener
+                        log.exception("abort message on %s could not be handled", channel)
             except _REDIS_DOWN as exc:
                 log.warning("abort subscription lost (%s); resubscribing in %.2fs", exc, backoff)
             finally:
