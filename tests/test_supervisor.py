@@ -98,9 +98,9 @@ def _marked(task_id: str) -> list[int]:
     found = []
     for proc in psutil.process_iter():
         try:
-            if marker in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"):
-                if proc.status() != psutil.STATUS_ZOMBIE:
-                    found.append(proc.pid)
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            if marker in environ and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
         except (OSError, psutil.Error):
             continue
     return found
