@@ -12,7 +12,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RedisUnavailableError", "connect", "redact_url", "translate_redis_errors"]
+__all__ = ["RedisUnavailableError", "as_text", "connect", "redact_url", "translate_redis_errors"]
 
 _SCHEMES = ("redis", "rediss", "unix")
 
@@ -23,6 +23,11 @@ class RedisUnavailableError(ConnectionError):
     Every write of the session service is safe to retry: a retried append of
     the same event is recognised and not stored twice.
     """
+
+
+def as_text(value: bytes | str) -> str:
+    """A Redis reply as ``str``, whether the client decodes replies or not."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def redact_url(url: str) -> str:

@@ -38,7 +38,7 @@ from typing_extensions import override
 
 from . import _session_scripts as scripts
 from ._session_keys import AppKeys, SessionKeys, decode_part
-from .redis_connection import connect, redact_url, translate_redis_errors
+from .redis_connection import as_text, connect, redact_url, translate_redis_errors
 
 __all__ = ["RedisSessionService"]
 
@@ -54,13 +54,9 @@ _EVENTS = TypeAdapter(list[Event])
 _URI_OPTIONS: Final = ("key_prefix", "session_ttl")
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, Any]:
     """A Redis ``HGETALL`` reply (flat field/value list) of JSON values, decoded."""
-    return {_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+    return {as_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
 def _flatten(mapping: dict[str, Any]) -> list[str]:
@@ -212,7 +208,7 @@ class RedisSessionService(BaseSessionService):
                 args=[keys.app.base, keys.member, keys.session_part, repr(now), self._ttl_ms,
                       *_flatten(deltas["session"]), *_flatten(deltas["app"]), *_flatten(deltas["user"])],
             )  # fmt: skip
-        if _text(reply[0]) == "EXISTS":
+        if as_text(reply[0]) == "EXISTS":
             raise AlreadyExistsError(f"Session with id {session_id} already exists.")
         session_state = json.loads(json.dumps(deltas["session"]))
         _merge(session_state, _pairs(reply[1]), _pairs(reply[2]))
@@ -267,13 +263,13 @@ class RedisSessionService(BaseSessionService):
             events=events,
             last_update_time=float(update_time),
         )
-        session._storage_update_marker = _text(rev)
+        session._storage_update_marker = as_text(rev)
         return session
 
     @staticmethod
     def _decode_events(raw: Sequence[bytes | str | None]) -> list[Event]:
         # One validate_json over a JSON array is several times faster than one per event.
-        items = [_text(e) for e in raw if e is not None]
+        items = [as_text(e) for e in raw if e is not None]
         if not items:
             return []
         return _EVENTS.validate_json("[" + ",".join(items) + "]")
@@ -293,11 +289,11 @@ class RedisSessionService(BaseSessionService):
             )
         app_state = _pairs(app_flat)
         user_states = {
-            _text(user_flat[i]): _pairs(user_flat[i + 1]) for i in range(0, len(user_flat), 2)
+            as_text(user_flat[i]): _pairs(user_flat[i + 1]) for i in range(0, len(user_flat), 2)
         }
         sessions = []
         for member, _ct, update_time, rev, state_flat in rows:
-            user_part, _, session_part = _text(member).partition(":")
+            user_part, _, session_part = as_text(member).partition(":")
             state = _pairs(state_flat)
             _merge(state, app_state, user_states.get(user_part, {}))
             session = Session(
@@ -307,7 +303,7 @@ class RedisSessionService(BaseSessionService):
                 state=state,
                 last_update_time=float(update_time),
             )
-            session._storage_update_marker = _text(rev)
+            session._storage_update_marker = as_text(rev)
             sessions.append(session)
         sessions.sort(key=lambda s: (s.last_update_time, s.user_id, s.id))
         return ListSessionsResponse(sessions=sessions)
@@ -330,7 +326,7 @@ class RedisSessionService(BaseSessionService):
         key = AppKeys.for_app(self.key_prefix, app_name).user_state(user_id)
         async with translate_redis_errors(self._where):
             stored = await self._client.hgetall(key)
-        return {_text(k): json.loads(v) for k, v in stored.items()}
+        return {as_text(k): json.loads(v) for k, v in stored.items()}
 
     @override
     async def append_event(self, session: Session, event: Event) -> Event:
@@ -362,7 +358,7 @@ class RedisSessionService(BaseSessionService):
                           *_flatten(deltas["session"]), *_flatten(deltas["app"]),
                           *_flatten(deltas["user"])],
                 )  # fmt: skip
-            status = _text(reply[0])
+            status = as_text(reply[0])
             if status == "NOTFOUND":
                 raise SessionNotFoundError(f"Session {session.id} not found.")
             if status == "STALE":

@@ -19,6 +19,8 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
+from .redis_connection import as_text
+
 __all__ = ["TERMINAL_STATES", "TaskState", "TaskStore", "TransitionResult"]
 
 
@@ -103,10 +105,6 @@ class TransitionResult:
         return not self.applied and self.previous is None
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _flat(fields: Mapping[str, object]) -> list[str]:
     out: list[str] = []
     for key, value in fields.items():
@@ -167,10 +165,10 @@ class TaskStore:
             keys=[self.task_key(task_id)],
             args=[event, self.events_channel, self.task_channel(task_id), *_flat(record)],
         )
-        applied = _text(status) == "OK"
+        applied = as_text(status) == "OK"
         if applied:
             await self._history(event)
-        return TransitionResult(applied, None if applied else _text(prev))
+        return TransitionResult(applied, None if applied else as_text(prev))
 
     async def transition(
         self,
@@ -192,11 +190,11 @@ class TaskStore:
             args=[state.value, " ".join(s.value for s in sources), event, self.events_channel,
                   self.task_channel(task_id), *_flat(fields)],
         )  # fmt: skip
-        status = _text(status)
+        status = as_text(status)
         if status == "OK":
             await self._history(event)
-            return TransitionResult(True, _text(prev))
-        return TransitionResult(False, None if status == "MISSING" else _text(prev))
+            return TransitionResult(True, as_text(prev))
+        return TransitionResult(False, None if status == "MISSING" else as_text(prev))
 
     async def fail_many(self, failures: Mapping[str, Mapping[str, object]]) -> int:
         """Moves many non-terminal tasks to ``failed`` in pipelined batches; returns how many moved."""
@@ -221,7 +219,7 @@ class TaskStore:
                 replies = await pipe.execute()
             async with self.client.pipeline(transaction=False) as pipe:
                 for event, (status, _prev) in zip(events, replies, strict=True):
-                    if _text(status) == "OK":
+                    if as_text(status) == "OK":
                         moved += 1
                         pipe.xadd(
                             self.history_stream,
@@ -248,7 +246,7 @@ class TaskStore:
     async def get(self, task_id: str) -> dict[str, str] | None:
         """The task record as strings, or None if there is none."""
         raw = await self.client.hgetall(self.task_key(task_id))
-        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+        return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
 
     async def get_many(self, task_ids: Iterable[str]) -> list[dict[str, str] | None]:
         """Records of many tasks in one pipelined round trip."""
@@ -256,7 +254,7 @@ class TaskStore:
             for task_id in task_ids:
                 pipe.hgetall(self.task_key(task_id))
             replies = await pipe.execute()
-        return [{_text(k): _text(v) for k, v in r.items()} if r else None for r in replies]
+        return [{as_text(k): as_text(v) for k, v in r.items()} if r else None for r in replies]
 
     async def request_abort(
         self, task_id: str, reason: str = "", ttl_s: int = 7 * 24 * 3600
@@ -275,7 +273,7 @@ class TaskStore:
         if not ids:
             return {}
         values = await self.client.mget([self.abort_mark_key(t) for t in ids])
-        return {t: _text(v) for t, v in zip(ids, values, strict=True) if v is not None}
+        return {t: as_text(v) for t, v in zip(ids, values, strict=True) if v is not None}
 
 
 def parse_abort_payload(payload: bytes | str | None) -> tuple[str, bool]:

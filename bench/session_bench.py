@@ -154,13 +154,26 @@ def used_memory(client: redis.Redis) -> int:
 def service_specs(redis_url: str, tmp_dir: Path) -> list[ServiceSpec]:
     """The services under test, in the order they run."""
 
-    @contextlib.asynccontextmanager
-    async def ours() -> AsyncIterator[BaseSessionService]:
-        svc = RedisSessionService(redis_url, key_prefix="bench:", session_ttl=3600)
-        try:
-            yield svc
-        finally:
-            await svc.close()
+    def closing(make: Callable[[], Any]) -> Callable[[], Any]:
+        """A service factory whose service is closed after its run."""
+
+        @contextlib.asynccontextmanager
+        async def open_service() -> AsyncIterator[BaseSessionService]:
+            svc = make()
+            try:
+                yield svc
+            finally:
+                await svc.close()
+
+        return open_service
+
+    ours = closing(lambda: RedisSessionService(redis_url, key_prefix="bench:", session_ttl=3600))
+    adk_sqlite = closing(
+        lambda: SqliteSessionService(db_path=str(tmp_dir / "sqlite_session_service.db"))
+    )
+    adk_database = closing(
+        lambda: DatabaseSessionService(f"sqlite+aiosqlite:///{tmp_dir / 'database_service.db'}")
+    )
 
     @contextlib.asynccontextmanager
     async def adk_redis() -> AsyncIterator[BaseSessionService]:
@@ -172,22 +185,6 @@ def service_specs(redis_url: str, tmp_dir: Path) -> list[ServiceSpec]:
             )
         finally:
             await client.aclose()
-
-    @contextlib.asynccontextmanager
-    async def adk_sqlite() -> AsyncIterator[BaseSessionService]:
-        svc = SqliteSessionService(db_path=str(tmp_dir / "sqlite_session_service.db"))
-        try:
-            yield svc
-        finally:
-            await svc.close()
-
-    @contextlib.asynccontextmanager
-    async def adk_database() -> AsyncIterator[BaseSessionService]:
-        svc = DatabaseSessionService(f"sqlite+aiosqlite:///{tmp_dir / 'database_service.db'}")
-        try:
-            yield svc
-        finally:
-            await svc.close()
 
     @contextlib.asynccontextmanager
     async def adk_in_memory() -> AsyncIterator[BaseSessionService]:
