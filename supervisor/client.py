@@ -13,11 +13,51 @@ from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore
 
 from .daemon import runs_stream
 
-__all__ = ["SupervisorClient", "TaskNotFoundError"]
+__all__ = ["SupervisorClient", "TaskExistsError", "TaskNotFoundError", "submit_task"]
 
 
 class TaskNotFoundError(LookupError):
     """No task record has that id."""
+
+
+class TaskExistsError(ValueError):
+    """A task with that id already exists."""
+
+
+async def submit_task(
+    store: TaskStore,
+    stream: str,
+    app: str,
+    message: str,
+    *,
+    user_id: str,
+    session_id: str | None = None,
+    task_id: str | None = None,
+    timeout_s: float | None = None,
+) -> str:
+    """Creates the ``queued`` record and XADDs the run to ``stream``; returns the task id.
+
+    Shared by :class:`SupervisorClient` and the daemon's status socket, so both
+    queue runs exactly alike.
+    """
+    task_id = task_id or uuid.uuid4().hex
+    fields: dict[str, object] = {
+        "app": app,
+        "user_id": user_id,
+        "session_id": session_id or task_id,
+    }
+    if timeout_s is not None:
+        fields["timeout_s"] = timeout_s
+    created = await store.create(task_id, TaskState.QUEUED, fields)
+    if not created.applied:
+        raise TaskExistsError(f"task {task_id} already exists (state {created.previous})")
+    entry: dict[str, str] = {"task_id": task_id, "app": app, "user_id": user_id, "message": message}
+    if session_id:
+        entry["session_id"] = session_id
+    if timeout_s is not None:
+        entry["timeout"] = str(timeout_s)
+    await store.client.xadd(stream, entry)  # type: ignore[arg-type]
+    return task_id
 
 
 class SupervisorClient:
@@ -49,29 +89,10 @@ class SupervisorClient:
         timeout_s: float | None = None,
     ) -> str:
         """Queues a run and returns its task id (the record is ``queued`` at once)."""
-        task_id = task_id or uuid.uuid4().hex
-        fields: dict[str, object] = {
-            "app": app,
-            "user_id": user_id,
-            "session_id": session_id or task_id,
-        }
-        if timeout_s is not None:
-            fields["timeout_s"] = timeout_s
-        created = await self.store.create(task_id, TaskState.QUEUED, fields)
-        if not created.applied:
-            raise ValueError(f"task {task_id} already exists (state {created.previous})")
-        entry: dict[str, str] = {
-            "task_id": task_id,
-            "app": app,
-            "user_id": user_id,
-            "message": message,
-        }
-        if session_id:
-            entry["session_id"] = session_id
-        if timeout_s is not None:
-            entry["timeout"] = str(timeout_s)
-        await self.client.xadd(self.stream, entry)  # type: ignore[arg-type]
-        return task_id
+        return await submit_task(
+            self.store, self.stream, app, message, user_id=user_id,
+            session_id=session_id, task_id=task_id, timeout_s=timeout_s,
+        )  # fmt: skip
 
     async def abort(self, task_id: str, reason: str = "") -> int:
         """Aborts a task (durably: also before it starts); returns how many daemons heard it live."""

@@ -1,13 +1,21 @@
-"""Daemon settings: a TOML file overridden by ``ADK_SUPERVISOR_*`` environment variables."""
+"""Daemon settings: a TOML file overridden by ``ADK_SUPERVISOR_*`` environment variables.
+
+``config.example.toml`` documents every key. :func:`load_settings` turns every
+problem (unknown key, wrong type, bad URL, unreadable or malformed file) into
+one :class:`ConfigError` listing one line per problem, naming the key and what
+is allowed, so ``adk-supervisor`` can print it and exit 2.
+"""
 
 from __future__ import annotations
 
+import grp
 import os
 import socket
+import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,34 +23,58 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["DEFAULT_CONFIG_PATH", "Settings", "load_settings"]
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "Settings", "find_config_path", "load_settings"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/adk-supervisor/config.toml")
+ENV_PREFIX = "ADK_SUPERVISOR_"
+# sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; ``problems`` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str], source: Path | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" ({source})" if source else ""
+        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 class Settings(BaseSettings):
     """Every setting of the daemon; ``config.example.toml`` documents each key."""
 
-    model_config = SettingsConfigDict(env_prefix="ADK_SUPERVISOR_", extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
     toml_path: ClassVar[Path | None] = None
 
     redis_url: str | None = None
     key_prefix: str = "adk:"
     node_id: str = Field(default_factory=socket.gethostname)
     state_dir: Path = Path("/var/lib/adk-supervisor")
+    socket_path: Path | None = None
+    socket_mode: int = Field(default=0o600, ge=0, le=0o777)
+    socket_group: str | None = None
+    socket_max_connections: int = Field(default=512, ge=1)
+    socket_idle_timeout_s: float = Field(default=60.0, gt=0)
     max_concurrent_runs: int = Field(default=8, ge=1)
-    default_timeout_s: float | None = Field(default=None, gt=0)
+    default_timeout_s: float | None = Field(default=None, ge=0)
     kill_grace_s: float = Field(default=0.0, ge=0)
     kill_mechanism: Literal["auto", "cgroup", "pgroup"] = "auto"
-    session_ttl_s: float | None = Field(default=3600, gt=0)
+    on_shutdown: Literal["kill", "drain"] = "kill"
+    drain_timeout_s: float = Field(default=60.0, ge=0)
+    session_ttl_s: float | None = Field(default=3600, ge=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     apps: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("redis_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            raise ValueError(
+                "must be a redis://, rediss:// or unix:// URL (leave it unset for the embedded Redis)"
+            )
         return value
 
     @field_validator("node_id", "key_prefix")
@@ -51,6 +83,71 @@ class Settings(BaseSettings):
         if not value or any(c.isspace() for c in value):
             raise ValueError("must be non-empty and contain no whitespace")
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal(cls, value: object) -> object:
+        # "0660" (env var or TOML string) is octal, as chmod reads it; TOML can also say 0o660.
+        if isinstance(value, str):
+            try:
+                return int(value, 8)
+            except ValueError:
+                raise ValueError("must be an octal file mode such as \"0600\" or 0o660") from None
+        return value
+
+    @field_validator("socket_group")
+    @classmethod
+    def _group_exists(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                grp.getgrnam(value)
+            except KeyError:
+                raise ValueError(f"no group named {value!r} on this host") from None
+        return value
+
+    @field_validator("default_timeout_s", "session_ttl_s")
+    @classmethod
+    def _zero_is_none(cls, value: float | None) -> float | None:
+        # TOML has no null: 0 means "no limit" / "never expire".
+        return None if value == 0 else value
+
+    @field_validator("apps")
+    @classmethod
+    def _import_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, ref in value.items():
+            module, _, attribute = ref.partition(":")
+            if not module or not attribute:
+                raise ValueError(
+                    f"app {name!r} = {ref!r}: must be an import path 'package.module:attribute'"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> Settings:
+        # Resolved once, against the directory the command started in, so the daemon and
+        # the CLI of one checkout agree on where state and the socket live.
+        self.state_dir = self.state_dir.expanduser().absolute()
+        if self.socket_path is None:
+            self.socket_path = self.state_dir / "supervisor.sock"
+        self.socket_path = self.socket_path.expanduser().absolute()
+        size = len(os.fsencode(self.socket_path))
+        if size > _MAX_SOCKET_PATH:
+            raise ValueError(
+                f"socket_path {self.socket_path} is {size} bytes; a unix socket path may have at "
+                f"most {_MAX_SOCKET_PATH}: set socket_path (or state_dir) to a shorter path"
+            )
+        return self
+
+    @property
+    def status_socket(self) -> Path:
+        """Where the status socket lives (``socket_path``, else ``state_dir/supervisor.sock``)."""
+        assert self.socket_path is not None  # set by the validator
+        return self.socket_path
 
     @classmethod
     def settings_customise_sources(
@@ -67,16 +164,58 @@ class Settings(BaseSettings):
         return tuple(sources)
 
 
+def find_config_path(path: Path | str | None = None) -> Path | None:
+    """The config file to read: ``path``, else ``$ADK_SUPERVISOR_CONFIG``, else the default if present."""
+    chosen = path or os.environ.get(f"{ENV_PREFIX}CONFIG")
+    if chosen:
+        return Path(chosen)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    problems = []
+    keys = ", ".join(sorted(Settings.model_fields))
+    for error in exc.errors():
+        loc = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"{loc}: unknown key; known keys are {keys}")
+            continue
+        message = error["msg"].removeprefix("Value error, ")
+        key = loc or "config"
+        shown = error.get("input")
+        got = f" (got {shown!r})" if loc and not isinstance(shown, dict) else ""
+        problems.append(f"{key}: {message}{got}")
+    return problems
+
+
 def load_settings(path: Path | str | None = None, **overrides: Any) -> Settings:
-    """Settings from ``path`` (else ``$ADK_SUPERVISOR_CONFIG``, else the default path if present)."""
-    chosen = path or os.environ.get("ADK_SUPERVISOR_CONFIG")
-    toml: Path | None = Path(chosen) if chosen else None
-    if toml is None and DEFAULT_CONFIG_PATH.exists():
-        toml = DEFAULT_CONFIG_PATH
-    if toml is not None and not toml.is_file():
-        raise FileNotFoundError(f"config file {toml} does not exist or is not a file")
+    """Settings from the file :func:`find_config_path` picks, overridden by ``ADK_SUPERVISOR_*``.
+
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    toml = find_config_path(path)
+    if toml is not None:
+        try:
+            # Parsed here first only to report read and syntax errors clearly.
+            tomllib.loads(toml.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError([f"config file {toml} does not exist"], toml) from None
+        except IsADirectoryError:
+            raise ConfigError([f"config file {toml} is a directory, not a file"], toml) from None
+        except PermissionError:
+            raise ConfigError(
+                [f"config file {toml} is not readable by uid {os.getuid()}: fix its permissions"],
+                toml,
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"config file {toml} cannot be read: {exc}"], toml) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"config file {toml} is not valid TOML: {exc}"], toml) from None
 
     class _FromFile(Settings):
         toml_path: ClassVar[Path | None] = toml
 
-    return _FromFile(**overrides)
+    try:
+        return _FromFile(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), toml) from None
