@@ -101,6 +101,7 @@ class Supervisor:
         self._outbox_empty = anyio.Event()
         self._outbox_empty.set()
         self._stopping = anyio.Event()
+        self._child_exited = anyio.Event()
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
         self.log_dir = settings.state_dir / "logs"
 
@@ -172,6 +173,9 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            # Any reaped process may have been the last of a killed tree: wake the waiters.
+            self._child_exited.set()
+            self._child_exited = anyio.Event()
             run = self._by_pid.pop(pid, None)
             if run is None:
                 continue
@@ -266,14 +270,21 @@ class Supervisor:
         if run.kill is not None and self.settings.kill_grace_s > 0:
             with anyio.move_on_after(self.settings.kill_grace_s):
                 await run.exited.wait()
-        for attempt in range(2000):
+        deadline = time.monotonic() + 20
+        first = True
+        while time.monotonic() < deadline:
             if run.exited.is_set() and not self.containment.populated(run.container):
                 return
             # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
-            if attempt == 0 or run.kill is not None:
+            if first or run.kill is not None:
                 pidfd = None if run.exited.is_set() else run.proc.pidfd
                 self.containment.kill(run.container, pidfd, run.proc.pid, signal.SIGKILL)
-            await anyio.sleep(0.001 if attempt < 50 else 0.01)
+                first = False
+            # Every process of the tree ends as a child of this subreaper, so each death
+            # reaches the reaper as SIGCHLD: wake on that, not on a polling tick. The
+            # timeout only guards against a missed wake-up.
+            with anyio.move_on_after(0.05):
+                await self._child_exited.wait()
         log.error("run %s: process tree still populated after kill", run.spec.task_id)
 
     # ------------------------------------------------------------------- records

@@ -286,7 +286,9 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
         await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
         start_daemon(node_id=node)
         record = await _until_state(client, "planted", "failed")
-        assert record["reason"] == f"orphaned: process {stranger.pid} is gone"
+        assert record["reason"] == (
+            f"orphaned: process {stranger.pid} is gone (its PID now names another process)"
+        )
         assert stranger.poll() is None, "an unrelated process was signalled"
     finally:
         stranger.kill()
