@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -67,6 +68,7 @@ class ActiveRun:
     started: float
     deadline: float | None
     exited: anyio.Event = field(default_factory=anyio.Event)
+    exited_or_killed: anyio.Event = field(default_factory=anyio.Event)
     finished: anyio.Event = field(default_factory=anyio.Event)
     wait_status: int | None = None
     rusage: Any = None
@@ -184,6 +186,7 @@ class Supervisor:
             # The pidfd now names a reaped process: never signal through it again.
             os.close(run.proc.pidfd)
             run.exited.set()
+            run.exited_or_killed.set()
 
     # ------------------------------------------------------------------- aborts
 
@@ -262,6 +265,7 @@ class Supervisor:
         sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
         run.kill = (state, reason, signal.SIGKILL)
         run.kill_sent_at = time.monotonic()
+        run.exited_or_killed.set()
         pidfd = None if run.exited.is_set() else run.proc.pidfd
         self.containment.kill(run.container, pidfd, run.proc.pid, sig)
 
@@ -449,14 +453,12 @@ class Supervisor:
             run.finished.set()
 
     async def _watch(self, run: ActiveRun) -> None:
-        if run.deadline is None:
-            await run.exited.wait()
-        else:
-            with anyio.move_on_at(run.deadline):
-                await run.exited.wait()
-            if not run.exited.is_set():
-                limit = run.deadline - run.started
-                self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
+        # Until the leader exits, a kill is sent (abort, shutdown) or the deadline passes.
+        with anyio.move_on_at(math.inf if run.deadline is None else run.deadline):
+            await run.exited_or_killed.wait()
+        if run.kill is None and not run.exited.is_set() and run.deadline is not None:
+            limit = run.deadline - run.started
+            self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
         await self._ensure_tree_gone(run)
         await run.exited.wait()
         assert self.containment is not None
