@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from collections.abc import AsyncGenerator
 
@@ -97,7 +98,17 @@ class ForkManyAgent(BaseAgent):
         await asyncio.sleep(HOLD_S)
 
 
+class TermIgnoringAgent(BaseAgent):
+    """Ignores SIGTERM (saying so on stdout), then waits: only SIGKILL ends it."""
+
+    async def _run_async_impl(self, ctx: InvocationContext) -> AsyncGenerator[Event, None]:
+        signal.signal(signal.SIGTERM, lambda *_: print("got SIGTERM, ignoring it", flush=True))
+        yield _text(ctx, self.name, "SIGTERM will not stop me")
+        await asyncio.sleep(HOLD_S)
+
+
 raising_agent = RaisingAgent(name="raising")
+term_ignoring_agent = TermIgnoringAgent(name="term_ignoring")
 exit3_agent = ExitAgent(name="exit3")
 setsid_agent = SetsidGrandchildAgent(name="setsid")
 fork50_agent = ForkManyAgent(name="fork50")

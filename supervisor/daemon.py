@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import time
@@ -67,6 +68,7 @@ class ActiveRun:
     started: float
     deadline: float | None
     exited: anyio.Event = field(default_factory=anyio.Event)
+    exited_or_killed: anyio.Event = field(default_factory=anyio.Event)
     finished: anyio.Event = field(default_factory=anyio.Event)
     wait_status: int | None = None
     rusage: Any = None
@@ -101,6 +103,7 @@ class Supervisor:
         self._outbox_empty = anyio.Event()
         self._outbox_empty.set()
         self._stopping = anyio.Event()
+        self._child_exited = anyio.Event()
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
         self.log_dir = settings.state_dir / "logs"
 
@@ -172,6 +175,9 @@ class Supervisor:
                 return
             if pid == 0:
                 return
+            # Any reaped process may have been the last of a killed tree: wake the waiters.
+            self._child_exited.set()
+            self._child_exited = anyio.Event()
             run = self._by_pid.pop(pid, None)
             if run is None:
                 continue
@@ -180,6 +186,7 @@ class Supervisor:
             # The pidfd now names a reaped process: never signal through it again.
             os.close(run.proc.pidfd)
             run.exited.set()
+            run.exited_or_killed.set()
 
     # ------------------------------------------------------------------- aborts
 
@@ -258,6 +265,7 @@ class Supervisor:
         sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
         run.kill = (state, reason, signal.SIGKILL)
         run.kill_sent_at = time.monotonic()
+        run.exited_or_killed.set()
         pidfd = None if run.exited.is_set() else run.proc.pidfd
         self.containment.kill(run.container, pidfd, run.proc.pid, sig)
 
@@ -266,14 +274,21 @@ class Supervisor:
         if run.kill is not None and self.settings.kill_grace_s > 0:
             with anyio.move_on_after(self.settings.kill_grace_s):
                 await run.exited.wait()
-        for attempt in range(2000):
+        deadline = time.monotonic() + 20
+        first = True
+        while time.monotonic() < deadline:
             if run.exited.is_set() and not self.containment.populated(run.container):
                 return
             # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
-            if attempt == 0 or run.kill is not None:
+            if first or run.kill is not None:
                 pidfd = None if run.exited.is_set() else run.proc.pidfd
                 self.containment.kill(run.container, pidfd, run.proc.pid, signal.SIGKILL)
-            await anyio.sleep(0.001 if attempt < 50 else 0.01)
+                first = False
+            # Every process of the tree ends as a child of this subreaper, so each death
+            # reaches the reaper as SIGCHLD: wake on that, not on a polling tick. The
+            # timeout only guards against a missed wake-up.
+            with anyio.move_on_after(0.05):
+                await self._child_exited.wait()
         log.error("run %s: process tree still populated after kill", run.spec.task_id)
 
     # ------------------------------------------------------------------- records
@@ -438,14 +453,12 @@ class Supervisor:
             run.finished.set()
 
     async def _watch(self, run: ActiveRun) -> None:
-        if run.deadline is None:
-            await run.exited.wait()
-        else:
-            with anyio.move_on_at(run.deadline):
-                await run.exited.wait()
-            if not run.exited.is_set():
-                limit = run.deadline - run.started
-                self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
+        # Until the leader exits, a kill is sent (abort, shutdown) or the deadline passes.
+        with anyio.move_on_at(math.inf if run.deadline is None else run.deadline):
+            await run.exited_or_killed.wait()
+        if run.kill is None and not run.exited.is_set() and run.deadline is not None:
+            limit = run.deadline - run.started
+            self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
         await self._ensure_tree_gone(run)
         await run.exited.wait()
         assert self.containment is not None

@@ -29,6 +29,7 @@ __all__ = ["ReconcileReport", "reconcile_node"]
 log = logging.getLogger("adk_supervisor")
 
 _LIVE_STATES = ("starting", "running")
+_FIELDS = ("state", "pid", "start_ticks", "boot_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +81,12 @@ async def reconcile_node(
     began = time.monotonic()
     raw_ids = await store.client.smembers(node_key)
     task_ids = sorted(t.decode() if isinstance(t, bytes) else t for t in raw_ids)
-    records = await store.get_many(task_ids)
+    records = await store.fields_many(task_ids, _FIELDS)
     failures: dict[str, dict[str, object]] = {}
     finished: list[str] = []
     killed: set[str] = set()
     for task_id, record in zip(task_ids, records, strict=True):
-        if record is None or record.get("state") not in _LIVE_STATES:
+        if record.get("state") not in _LIVE_STATES:
             finished.append(task_id)
             continue
         pid = int(record.get("pid") or 0)
@@ -94,8 +95,10 @@ async def reconcile_node(
             reason = "orphaned: the node rebooted since the run started"
         elif not pid:
             reason = "orphaned: the supervisor died while starting the run"
-        elif process_start_ticks(pid) != ticks:
-            reason = f"orphaned: process {pid} is gone"
+        elif (now_ticks := process_start_ticks(pid)) != ticks:
+            reason = f"orphaned: process {pid} is gone" + (
+                "" if now_ticks is None else " (its PID now names another process)"
+            )
         elif _kill_proven(pid, ticks):
             killed.add(task_id)
             reason = "orphaned: killed at supervisor restart"

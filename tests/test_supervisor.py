@@ -286,7 +286,9 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
         await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
         start_daemon(node_id=node)
         record = await _until_state(client, "planted", "failed")
-        assert record["reason"] == f"orphaned: process {stranger.pid} is gone"
+        assert record["reason"] == (
+            f"orphaned: process {stranger.pid} is gone (its PID now names another process)"
+        )
         assert stranger.poll() is None, "an unrelated process was signalled"
     finally:
         stranger.kill()
@@ -316,3 +318,33 @@ async def test_terminal_state_written_after_redis_comes_back(
         record = await _until_state(c, task, "timed_out", timeout=30)
         assert record["signal"] == "SIGKILL"
     assert "written after Redis came back" in daemon.log()
+
+
+async def test_kill_grace_sends_sigterm_first_then_sigkill(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    daemon = start_daemon(ADK_SUPERVISOR_KILL_GRACE_S="1.5")
+    polite = await client.submit(A + "slow_agent", "go", user_id="u")
+    stubborn = await client.submit(A + "term_ignoring_agent", "go", user_id="u")
+    for task in (polite, stubborn):
+        await _until_state(client, task, "running")
+    # The stubborn agent installs its SIGTERM handler before its first event.
+    async with RedisSessionService(redis_url, key_prefix) as sessions:
+        for _ in range(1500):
+            s = await sessions.get_session(
+                app_name="term_ignoring", user_id="u", session_id=stubborn
+            )
+            if s is not None and s.events:
+                break
+            await asyncio.sleep(0.02)
+    await client.abort(polite, "polite stop")
+    await client.abort(stubborn, "stubborn stop")
+    # A run that lets SIGTERM end it is recorded with the signal that ended it.
+    ended = await client.wait(polite, 30)
+    assert ended["state"] == "aborted" and ended["signal"] == "SIGTERM"
+    # One that ignores SIGTERM gets SIGKILL once the grace is over.
+    record = await client.wait(stubborn, 30)
+    assert record["state"] == "aborted" and record["signal"] == "SIGKILL"
+    log = daemon.state_dir / "logs" / f"{stubborn}.log"
+    assert "got SIGTERM, ignoring it" in log.read_text()
+    assert _marked(stubborn) == []
