@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 # The daemon in the foreground with the example agents, on an embedded Redis in ./state.
 run: $(STAMP)
-	PYTHONPATH=$(CURDIR) ADK_SUPERVISOR_STATE_DIR=$(CURDIR)/state \
+	PYTHONPATH=$(CURDIR) \
 		$(BIN)/adk-supervisor --config examples/config.toml run
 
 test: lint typecheck pytest

@@ -1,87 +1,243 @@
-"""``adk-supervisor``: run the daemon, and submit, abort, read and wait for tasks."""
+"""``adk-supervisor``: run the daemon; submit, abort, read and wait for tasks; watch the node.
+
+The client commands talk to the local daemon's status socket when one answers
+(no Redis URL needed: the daemon tells where its Redis is), else to Redis
+directly (``--redis-url`` or ``redis_url``), which works from any host.
+
+Exit codes: 0 success (``wait``: the task completed), 1 the task ended in
+another state or the command failed, 2 bad usage or configuration, 3 no daemon
+or Redis reachable, 4 no such task, 124 ``wait`` timed out.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .client import SupervisorClient, TaskNotFoundError
-from .config import Settings, load_settings
+from .client import SupervisorClient, TaskExistsError, TaskNotFoundError
+from .config import ConfigError, Settings, find_config_path, load_settings
 from .daemon import Supervisor
+from .logs import setup_logging
 from .redis_server import RedisServer, RedisServerError
+from .socket_client import DaemonError, DaemonUnavailable, request
+from .state_lock import StateDirLock, StateDirLocked
+from .status_socket import SocketInUseError
 
 __all__ = ["main"]
 
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+EXIT_NOT_FOUND = 4
+EXIT_WAIT_TIMEOUT = 124
+
+log = logging.getLogger("adk_supervisor")
+
+
+class CliError(Exception):
+    """A failure to report on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------ arguments
+
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("run the daemon in the foreground (Ctrl-C or SIGTERM stops it)",
+            "adk-supervisor --config /etc/adk-supervisor/config.toml run"),
+    "submit": ("queue a run of an app; prints its task id",
+               "adk-supervisor submit weather 'weather in Zurich?' --user-id u1 --wait"),
+    "abort": ("abort a task: kills its whole process tree (or stops it from starting)",
+              "adk-supervisor abort 3f2a9c... --reason 'stuck in a loop'"),
+    "get": ("print a task record", "adk-supervisor get 3f2a9c..."),
+    "wait": ("wait for a task to end; exit 0 only if it completed",
+             "adk-supervisor wait 3f2a9c... --timeout 60 && echo done"),
+    "status": ("this node's daemon: health, counts, running runs",
+               "adk-supervisor status --json"),
+    "ps": ("running runs on this node (pid, app, elapsed, RSS, CPU)", "adk-supervisor ps"),
+    "drain": ("stop taking new runs on this node; running runs finish", "adk-supervisor drain"),
+    "check-config": ("validate the configuration without starting anything",
+                     "adk-supervisor --config config.toml check-config"),
+}  # fmt: skip
+
+
+def _common() -> argparse.ArgumentParser:
+    # Accepted before and after the command; SUPPRESS keeps a later parser from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                        help="TOML config file (default: $ADK_SUPERVISOR_CONFIG, else "
+                        "/etc/adk-supervisor/config.toml if present, else built-in defaults)")  # fmt: skip
+    common.add_argument("--redis-url", default=argparse.SUPPRESS,
+                        help="talk to this Redis instead of the local daemon's socket")  # fmt: skip
+    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
+                        help="status socket of the local daemon (default: socket_path)")  # fmt: skip
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print data as JSON")  # fmt: skip
+    return common
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = _common()
     parser = argparse.ArgumentParser(
-        prog="adk-supervisor",
-        description="Run Google ADK agent runs in supervised process trees.",
-        epilog="example: adk-supervisor submit examples.agents:weather_agent 'hi' --user-id u1 --wait",
+        prog="adk-supervisor", parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run Google ADK agent runs in supervised process trees, and control them.",
+        epilog=textwrap.dedent("""\
+            examples:
+              adk-supervisor run                                   # the daemon (foreground)
+              adk-supervisor submit weather 'hi' --user-id u1 --wait
+              adk-supervisor status
+            exit codes: 0 ok, 1 failed / task not completed, 2 bad usage or config,
+                        3 daemon or Redis unreachable, 4 no such task, 124 wait timed out"""),
+    )  # fmt: skip
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parsers = {}
+    for name, (summary, example) in _COMMANDS.items():
+        parsers[name] = sub.add_parser(
+            name, parents=[_common()], help=summary, description=summary,
+            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+    p = parsers["submit"]
+    p.add_argument("app", help="an app name from [apps], or package.module:attribute")
+    p.add_argument("message", help="the user message the run starts with")
+    p.add_argument("--user-id", required=True, help="ADK user id")
+    p.add_argument("--session-id", help="ADK session id (default: the task id)")
+    p.add_argument("--task-id", help="choose the task id (default: a random hex id)")
+    p.add_argument(
+        "--timeout", type=float, metavar="SEC", help="kill the run as timed_out after SEC"
     )
-    parser.add_argument("--config", type=Path, help="TOML config file (default: $ADK_SUPERVISOR_CONFIG, "
-                        "else /etc/adk-supervisor/config.toml if present)")  # fmt: skip
-    parser.add_argument("--redis-url", help="override redis_url from the config")
-    parser.add_argument("--json", action="store_true", help="print data as JSON")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the daemon in the foreground",
-                   epilog="example: adk-supervisor --config config.toml run")  # fmt: skip
-    p = sub.add_parser(
-        "submit", help="queue a run", epilog="example: adk-supervisor submit slow 'go' --user-id u1"
-    )
-    p.add_argument("app", help="app name from [apps], or package.module:attribute")
-    p.add_argument("message")
-    p.add_argument("--user-id", required=True)
-    p.add_argument("--session-id")
-    p.add_argument("--task-id")
-    p.add_argument("--timeout", type=float, help="seconds before the run is killed as timed_out")
-    p.add_argument("--wait", action="store_true", help="wait for the run to end")
-    p = sub.add_parser(
-        "abort", help="abort a task", epilog="example: adk-supervisor abort 3f2a... --reason stuck"
-    )
+    p.add_argument("--wait", action="store_true", help="wait for the run to end; exit as `wait`")
+    p = parsers["abort"]
     p.add_argument("task_id")
-    p.add_argument("--reason", default="")
-    p = sub.add_parser(
-        "get", help="print a task record", epilog="example: adk-supervisor get 3f2a..."
-    )
+    p.add_argument("--reason", default="", help="recorded as the task's reason")
+    parsers["get"].add_argument("task_id")
+    p = parsers["wait"]
     p.add_argument("task_id")
-    p = sub.add_parser("wait", help="wait for a task to end; exit 0 only if it completed",
-                       epilog="example: adk-supervisor wait 3f2a... --timeout 60")  # fmt: skip
-    p.add_argument("task_id")
-    p.add_argument("--timeout", type=float)
+    p.add_argument("--timeout", type=float, metavar="SEC", help="give up after SEC (exit 124)")
     return parser
 
 
-def _print(record: dict[str, Any], as_json: bool) -> None:
+# --------------------------------------------------------------------- output
+
+_FIRST = ("task_id", "state", "app", "user_id", "session_id", "reason", "exit_code", "signal",
+          "node_id", "pid", "duration_s", "cpu_s", "max_rss_kb")  # fmt: skip
+
+
+def _shown(key: str, value: Any) -> Any:
+    # Records keep epoch seconds (sortable, zone-free); people read local time.
+    if key.endswith("_at"):
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            return datetime.fromtimestamp(float(value)).isoformat(sep=" ", timespec="milliseconds")
+    return value
+
+
+def _emit(data: dict[str, Any], as_json: bool, *, ordered: bool = False) -> None:
     if as_json:
-        print(json.dumps(record, sort_keys=True))
+        print(json.dumps(data, sort_keys=True))
         return
-    width = max(map(len, record), default=0)
-    for key in sorted(record):
-        print(f"{key:<{width}}  {record[key]}")
+    if ordered:
+        keys = list(data)
+    else:
+        keys = [k for k in _FIRST if k in data] + sorted(k for k in data if k not in _FIRST)
+    width = max(map(len, keys), default=0)
+    for key in keys:
+        print(f"{key:<{width}}  {_shown(key, data[key])}")
 
 
-async def _serve(settings: Settings, redis_url: str | None) -> None:
+def _mib(size: int) -> str:
+    return f"{size / 1048576:.1f}M"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"  # fmt: skip
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> None:
+    if not runs:
+        print("no running runs")
+        return
+    rows = [("TASK", "APP", "PID", "ELAPSED", "RSS", "CPU", "USER")]
+    for run in runs:
+        rows.append((
+            run["task_id"] + (" (killing)" if run.get("killing") else ""), run["app"],
+            str(run["pid"]), _duration(run["elapsed_s"]), _mib(run["rss_bytes"]),
+            f"{run['cpu_s']:.1f}s", run["user_id"],
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _status_text(status: dict[str, Any]) -> None:
+    redis = status["redis"]
+    link = "connected" if redis["connected"] else "DISCONNECTED"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items()))
+    _emit({
+        "node": status["node_id"], "version": status["version"], "pid": status["pid"],
+        "uptime": _duration(status["uptime_s"]),
+        "redis": f"{redis['url']} ({link}{', embedded' if redis['embedded'] else ''})",
+        "kill mechanism": status["kill_mechanism"],
+        "taking runs": "no (draining)" if status["draining"] else f"yes (max {status['max_concurrent_runs']} at once)",
+        "counts": counts, "socket": status["socket_path"],
+    }, False, ordered=True)  # fmt: skip
+    print()
+    _runs_table(status["runs"])
+
+
+# ------------------------------------------------------------------- commands
+
+
+def _run_daemon(settings: Settings, redis_url: str | None) -> int:
+    try:
+        lock = StateDirLock(settings.state_dir)
+        lock.acquire()
+    except StateDirLocked as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot use state_dir {settings.state_dir}: {exc}") from None
+    try:
+        if redis_url:
+            anyio.run(_serve, settings, redis_url, False)
+            return EXIT_OK
+        # No redis_url configured: a private Redis in state_dir, append-only so records survive.
+        server = RedisServer(settings.state_dir / "redis", appendonly=True, die_with_parent=True)
+        with server:
+            log.info("no redis_url configured: embedded Redis at %s (data in %s); "
+                     "it stops with the daemon", server.url, server.data_dir)  # fmt: skip
+            anyio.run(_serve, settings, server.url, True)
+        return EXIT_OK
+    finally:
+        lock.release()
+
+
+async def _serve(settings: Settings, redis_url: str, embedded: bool) -> None:
     supervisor = Supervisor(settings, redis_url=redis_url)
+    supervisor.embedded_redis = embedded
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
-                    logging.getLogger("adk_supervisor").info(
-                        "%s: stopping", signal.Signals(signum).name
-                    )
+                    log.info("%s: stopping", signal.Signals(signum).name)
                     supervisor.stop()
                     return
 
@@ -90,64 +246,164 @@ async def _serve(settings: Settings, redis_url: str | None) -> None:
         tg.cancel_scope.cancel()
 
 
-async def _client_command(args: argparse.Namespace, settings: Settings, url: str) -> int:
-    async with SupervisorClient(url, settings.key_prefix) as client:
+async def _daemon_redis(socket: Path) -> tuple[str, str] | None:
+    """The local daemon's Redis URL and key prefix, or None if no daemon answers."""
+    try:
+        reply = await request(socket, "ping", timeout_s=10)
+    except DaemonUnavailable:
+        return None
+    return str(reply["redis_url"]), str(reply["key_prefix"])
+
+
+def _no_daemon(socket: Path) -> CliError:
+    return CliError(
+        f"no daemon answers on {socket}. Start one (`adk-supervisor run`, or `make run` in a "
+        "checkout), pass the --config it runs with, or pass --redis-url to talk to Redis directly",
+        EXIT_UNAVAILABLE,
+    )
+
+
+async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
+    socket: Path = args.socket or settings.status_socket
+    if args.command in ("status", "ps", "drain"):
+        try:
+            reply = await request(socket, "status" if args.command == "ps" else args.command)
+        except DaemonUnavailable:
+            raise _no_daemon(socket) from None
+        if args.json:
+            print(json.dumps(reply["runs"] if args.command == "ps" else reply, sort_keys=True))
+        elif args.command == "status":
+            _status_text(reply)
+        elif args.command == "ps":
+            _runs_table(reply["runs"])
+        else:
+            print(f"draining: no new runs; {reply['running']} running runs go on to their end")
+        return EXIT_OK
+
+    # Prefer the local daemon; an explicit --redis-url means "Redis directly".
+    local = None if args.redis_url else await _daemon_redis(socket)
+    direct: str | None = args.redis_url or settings.redis_url
+    if local is not None:
+        url, prefix = local
+    elif direct:
+        url, prefix = direct, settings.key_prefix
+    else:
+        raise _no_daemon(socket)
+
+    async with SupervisorClient(url, prefix) as client:
         if args.command == "submit":
-            task_id = await client.submit(args.app, args.message, user_id=args.user_id,
-                                          session_id=args.session_id, task_id=args.task_id,
-                                          timeout_s=args.timeout)  # fmt: skip
+            if local is not None:
+                reply = await request(socket, "submit", app=args.app, message=args.message,
+                                      user_id=args.user_id, session_id=args.session_id,
+                                      task_id=args.task_id, timeout_s=args.timeout)  # fmt: skip
+                task_id = reply["task_id"]
+                if reply.get("warning"):
+                    print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
+            else:
+                task_id = await client.submit(args.app, args.message, user_id=args.user_id,
+                                              session_id=args.session_id, task_id=args.task_id,
+                                              timeout_s=args.timeout)  # fmt: skip
             if not args.wait:
-                _print({"task_id": task_id}, args.json)
-                return 0
-            record = await client.wait(task_id)
-            _print(record, args.json)
-            return 0 if record.get("state") == "completed" else 1
+                if args.json:
+                    _emit({"task_id": task_id}, True)
+                else:
+                    print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
+                return EXIT_OK
+            return await _wait(client, task_id, None, args.json)
         if args.command == "abort":
-            heard = await client.abort(args.task_id, args.reason)
-            _print({"task_id": args.task_id, "abort_published_to": heard}, args.json)
-            return 0
+            if local is not None:
+                reply = await request(socket, "abort", task_id=args.task_id, reason=args.reason)
+                heard = int(reply["abort_published_to"])
+            else:
+                heard = await client.abort(args.task_id, args.reason)
+            _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
+            return EXIT_OK
         if args.command == "get":
-            _print(await client.get(args.task_id), args.json)
-            return 0
-        record = await client.wait(args.task_id, args.timeout)
-        _print(record, args.json)
-        return 0 if record.get("state") == "completed" else 1
+            _emit(await client.get(args.task_id), args.json)
+            return EXIT_OK
+        return await _wait(client, args.task_id, args.timeout, args.json)
+
+
+async def _wait(
+    client: SupervisorClient, task_id: str, limit_s: float | None, as_json: bool
+) -> int:
+    try:
+        record = await client.wait(task_id, limit_s)
+    except TimeoutError:
+        raise CliError(
+            f"task {task_id} did not end within {limit_s:g}s", EXIT_WAIT_TIMEOUT
+        ) from None
+    _emit(record, as_json)
+    return EXIT_OK if record.get("state") == "completed" else EXIT_FAILED
+
+
+def _check_config(args: argparse.Namespace, settings: Settings) -> int:
+    source = find_config_path(args.config)
+    data = settings.model_dump(mode="json")
+    data["socket_mode"] = f"{settings.socket_mode:04o}"
+    if args.json:
+        print(json.dumps({"ok": True, "source": str(source) if source else None, "settings": data}))
+        return EXIT_OK
+    print(f"configuration OK ({source or 'no file: built-in defaults'}, plus ADK_SUPERVISOR_* variables)")  # fmt: skip
+    apps = data.pop("apps")
+    _emit(data, False)
+    for name, ref in sorted(apps.items()):
+        print(f"app {name} = {ref}")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (2 on bad usage or bad config)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code or 0)
+    # Options given neither before nor after the command (their parsers SUPPRESS defaults).
+    for name, default in (("config", None), ("redis_url", None), ("socket", None), ("json", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
     try:
         settings = load_settings(args.config)
-    except (ValidationError, FileNotFoundError, ValueError) as exc:
-        print(f"adk-supervisor: invalid configuration: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    url = args.redis_url or settings.redis_url or "redis://localhost:6379/0"
-    try:
-        if args.command == "run":
-            if args.redis_url or settings.redis_url:
-                anyio.run(_serve, settings, url)
-                return 0
-            # No redis_url configured: run on a private, persistent Redis in state_dir.
-            with RedisServer(settings.state_dir.resolve() / "redis", appendonly=True) as embedded:
-                logging.getLogger("adk_supervisor").info(
-                    "no redis_url configured: embedded Redis at %s (data in %s)",
-                    embedded.url, embedded.data_dir,
-                )  # fmt: skip
-                anyio.run(_serve, settings, embedded.url)
-            return 0
-        return anyio.run(_client_command, args, settings, url)
-    except RedisServerError as exc:
+    except ConfigError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        if args.command == "check-config":
+            return _check_config(args, settings)
+        if args.command == "run":
+            return _run_daemon(settings, args.redis_url or settings.redis_url)
+        return anyio.run(_client_command, args, settings)
+    except CliError as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return exc.code
+    except (SocketInUseError, RedisServerError) as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except DaemonError as exc:
+        print(f"adk-supervisor: the daemon refused: {exc}", file=sys.stderr)
+        return EXIT_NOT_FOUND if str(exc).startswith("no task") else EXIT_USAGE
     except TaskNotFoundError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
-        return 1
-    except TimeoutError:
-        print("adk-supervisor: timed out waiting for the task", file=sys.stderr)
-        return 1
+        return EXIT_NOT_FOUND
+    except TaskExistsError as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RedisConnectionError, RedisTimeoutError, DaemonUnavailable) as exc:
+        print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except ExceptionGroup as group:
+        # The daemon's task group wraps a startup failure (a socket another daemon serves).
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        if isinstance(leaf, SocketInUseError | RedisServerError | OSError):
+            print(f"adk-supervisor: {leaf}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `adk-supervisor status --json | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

@@ -38,7 +38,9 @@ class ConfigError(ValueError):
         self.problems = problems
         self.source = source
         where = f" ({source})" if source else ""
-        super().__init__(f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(
+            f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
 
 
 class Settings(BaseSettings):
@@ -97,7 +99,7 @@ class Settings(BaseSettings):
             try:
                 return int(value, 8)
             except ValueError:
-                raise ValueError("must be an octal file mode such as \"0600\" or 0o660") from None
+                raise ValueError('must be an octal file mode such as "0600" or 0o660') from None
         return value
 
     @field_validator("socket_group")

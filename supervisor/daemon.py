@@ -14,7 +14,7 @@ import math
 import os
 import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ from agent_runtime.redis_connection import connect, redact_url
 from agent_runtime.task_store import TaskState, TaskStore, parse_abort_payload
 
 from .config import Settings
+from .daemon_ops import OperatorMixin
 from .process_tree import (
     Containment,
     RunContainer,
@@ -38,6 +39,7 @@ from .process_tree import (
     set_child_subreaper,
 )
 from .reconcile import reconcile_node
+from .sd_notify import SdNotifier
 from .spawner import ExecSpawner, SpawnedProcess, Spawner
 
 __all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
@@ -76,7 +78,7 @@ class ActiveRun:
     kill_sent_at: float | None = None
 
 
-class Supervisor:
+class Supervisor(OperatorMixin):
     """One daemon: ``await Supervisor(settings).serve()`` until :meth:`stop`."""
 
     def __init__(
@@ -106,6 +108,15 @@ class Supervisor:
         self._child_exited = anyio.Event()
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
         self.log_dir = settings.state_dir / "logs"
+        # Operator surface (status socket, sd_notify, heartbeat, drain): see daemon_ops.py.
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.draining = False
+        self.redis_healthy = True
+        self.embedded_redis = False
+        self.finished_counts: Counter[str] = Counter()
+        self._redis_checked_at = time.monotonic()
+        self.notifier = SdNotifier.from_env()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -131,16 +142,11 @@ class Supervisor:
                 tg.start_soon(self._flush_outbox)
                 await tg.start(self._listen_aborts)
                 tg.start_soon(self._consume, tg)
+                await self._start_operator_tasks(tg)
                 log.info("ready: reconcile done, abort subscription up, taking runs")
                 task_status.started()
                 await self._stopping.wait()
-                for run in list(self.runs.values()):
-                    self._kill(run, TaskState.FAILED, "supervisor shutting down")
-                with anyio.move_on_after(10):
-                    for run in list(self.runs.values()):
-                        await run.finished.wait()
-                with anyio.move_on_after(5):
-                    await self._outbox_empty.wait()
+                await self._shutdown_runs()
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -332,8 +338,11 @@ class Supervisor:
 
     async def _consume(self, tg: anyio.abc.TaskGroup) -> None:
         backlog = True  # first re-read what this consumer took but never acknowledged
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self.draining:
             await self._capacity.acquire()
+            if self.draining:  # drained while waiting for a free slot
+                self._capacity.release()
+                return
             try:
                 reply: Any = await self.client.xreadgroup(
                     RUNS_GROUP, self.node_id, {self.stream: "0" if backlog else ">"},
@@ -350,6 +359,13 @@ class Supervisor:
                 backlog = False
                 continue
             entry_id, fields = entries[0]
+            if self.draining:
+                # Unacknowledged, it stays pending for this node: its next start re-reads it.
+                self._capacity.release()
+                log.info(
+                    "drain began while run %s was being read: left for the next start", entry_id
+                )
+                return
             if backlog and not fields:  # a backlog entry already deleted
                 await self.client.xack(self.stream, RUNS_GROUP, entry_id)
                 self._capacity.release()
@@ -464,6 +480,7 @@ class Supervisor:
         assert self.containment is not None
         self.containment.release(run.container)
         state, fields = await self._outcome(run)
+        self.finished_counts[state.value] += 1
         duration = time.monotonic() - run.started
         fields["duration_s"] = f"{duration:.3f}"
         await self._record(run.spec.task_id, state, fields)

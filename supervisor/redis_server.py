@@ -20,6 +20,8 @@ from types import TracebackType
 
 import redis
 
+from .process_tree import set_parent_death_signal
+
 __all__ = ["RedisServer", "RedisServerError", "find_redis_server"]
 
 _HOW_TO_GET_REDIS = (
@@ -61,6 +63,10 @@ def find_redis_server() -> str:
     raise RedisServerError("No redis-server binary found: " + _HOW_TO_GET_REDIS)
 
 
+def _die_with_parent() -> None:
+    set_parent_death_signal(signal.SIGTERM)
+
+
 def _free_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -84,6 +90,7 @@ class RedisServer:
         appendonly: bool = False,
         extra_args: tuple[str, ...] = (),
         binary: str | None = None,
+        die_with_parent: bool = False,
     ) -> None:
         self._owns_dir = data_dir is None
         # Unix socket paths are limited to ~107 bytes: keep the directory short.
@@ -93,6 +100,9 @@ class RedisServer:
         self.appendonly = appendonly
         self.extra_args = extra_args
         self.binary = binary or find_redis_server()
+        # The embedded default: its own session (a terminal's Ctrl-C reaches the daemon only,
+        # which still needs Redis to record its runs' ends), SIGTERM when the daemon dies.
+        self.die_with_parent = die_with_parent
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -151,6 +161,8 @@ class RedisServer:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=self.die_with_parent,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(unix_socket_path=str(self.socket_path), socket_timeout=1)

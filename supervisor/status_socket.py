@@ -157,8 +157,8 @@ class StatusSocketServer:
         """Binds, reports started, and serves every client in its own task."""
         sock = bind_unix_socket(self.path, self.mode, self.group)
         inode = os.stat(self.path).st_ino
-        listener = SocketListener.from_socket(sock)
         try:
+            listener = await SocketListener.from_socket(sock)
             async with listener, anyio.create_task_group() as tg:
                 task_status.started()
                 await listener.serve(self._client, task_group=tg)
