@@ -19,7 +19,7 @@ class Daemon:
     """``python -m supervisor run`` as a child of the test, with its own node id and state dir."""
 
     def __init__(
-        self, redis_url: str, key_prefix: str, state_dir: Path, mechanism: str, **env: str
+        self, redis_url: str | None, key_prefix: str, state_dir: Path, mechanism: str, **env: str
     ) -> None:
         self.redis_url = redis_url
         self.key_prefix = key_prefix
@@ -43,8 +43,10 @@ class Daemon:
         """Starts the daemon and waits until its abort subscription is up."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
+        # No redis_url: the daemon starts its embedded Redis in state_dir.
+        url = ["--redis-url", self.redis_url] if self.redis_url else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor", "--redis-url", self.redis_url, "run"],
+            [sys.executable, "-m", "supervisor", *url, "run"],
             env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
@@ -55,6 +57,18 @@ class Daemon:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"daemon not ready after {timeout}s: {self.log()}")
+
+    @property
+    def socket_path(self) -> Path:
+        """The status socket (``socket_path`` defaults to ``state_dir/supervisor.sock``)."""
+        return Path(self.env.get("ADK_SUPERVISOR_SOCKET_PATH", self.state_dir / "supervisor.sock"))
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """``adk-supervisor ARGS`` with this daemon's environment (so its config)."""
+        return subprocess.run(
+            [sys.executable, "-m", "supervisor", *args],
+            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
 
     def log(self) -> str:
         """What the daemon logged so far."""
