@@ -104,7 +104,7 @@ def test_bad_environment_value_names_the_key(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_too_long_socket_path_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="socket_path .* at most 107"):
+    with pytest.raises(ConfigError, match=r"socket_path .* at most 107"):
         load_settings(None, state_dir=tmp_path / ("x" * 120))
 
 
