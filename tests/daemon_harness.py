@@ -42,6 +42,7 @@ class Daemon:
     def start(self, timeout: float = 30.0) -> None:
         """Starts the daemon and waits until its abort subscription is up."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        seen = len(self.log())  # a restart on the same state_dir appends to the same log
         log = self.log_path.open("ab")
         # No redis_url: the daemon starts its embedded Redis in state_dir.
         url = ["--redis-url", self.redis_url] if self.redis_url else []
@@ -53,7 +54,7 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.log()}")
-            if "ready: reconcile done" in self.log():
+            if "ready: reconcile done" in self.log()[seen:]:
                 return
             time.sleep(0.02)
         raise RuntimeError(f"daemon not ready after {timeout}s: {self.log()}")

@@ -1,0 +1,182 @@
+"""Daemon lifecycle: SIGTERM/SIGINT with kill or drain, drain over the socket, the embedded
+Redis (persistent, stopped on exit), one daemon per state_dir, stale and live sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import json
+import signal
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor.client import SupervisorClient
+
+from .daemon_harness import Daemon
+
+pytestmark = pytest.mark.anyio
+
+A = "examples.agents:"
+
+
+@pytest.fixture
+def start_daemon(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def start(url: str | None = "shared", state: str | None = None, **env: str) -> Daemon:
+        daemon = Daemon(
+            redis_url if url == "shared" else url, key_prefix,
+            tmp_path / (state or f"state{len(daemons)}"), "auto", **env,
+        )  # fmt: skip
+        daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+@pytest.fixture
+async def client(redis_url: str, key_prefix: str) -> AsyncIterator[SupervisorClient]:
+    async with SupervisorClient(redis_url, key_prefix) as c:
+        yield c
+
+
+async def _until_state(client: SupervisorClient, task_id: str, state: str) -> dict[str, str]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = await client.store.get(task_id)
+        if record and record.get("state") == state:
+            return record
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id} never reached {state}: {await client.store.get(task_id)}")
+
+
+def _signal_and_wait(daemon: Daemon, sig: int) -> int:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(sig)
+    return daemon.proc.wait(90)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_shutdown_kill_records_aborted_and_exits_0(
+    sig: int, start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon()
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await _until_state(client, task, "running")
+    assert _signal_and_wait(daemon, sig) == 0
+    record = await client.get(task)
+    assert record["state"] == "aborted" and record["reason"] == "supervisor shutting down"
+    assert (
+        not psutil.pid_exists(int(record["pid"]))
+        or psutil.Process(int(record["pid"])).status() == psutil.STATUS_ZOMBIE
+    )
+    assert not daemon.socket_path.exists()
+
+
+async def test_shutdown_drain_lets_runs_finish(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon(ADK_SUPERVISOR_ON_SHUTDOWN="drain", ADK_EXAMPLE_HOLD_S="3")
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await _until_state(client, task, "running")
+    assert _signal_and_wait(daemon, signal.SIGTERM) == 0
+    assert (await client.get(task))["state"] == "completed"
+    assert "shutting down (on_shutdown=drain): 1 running runs" in daemon.log()
+
+
+async def test_shutdown_drain_deadline_kills_the_rest(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon(ADK_SUPERVISOR_ON_SHUTDOWN="drain", ADK_SUPERVISOR_DRAIN_TIMEOUT_S="1")
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await _until_state(client, task, "running")
+    assert _signal_and_wait(daemon, signal.SIGTERM) == 0
+    record = await client.get(task)
+    assert record["state"] == "aborted" and "drain deadline of 1s passed" in record["reason"]
+
+
+async def test_drain_over_the_socket_stops_taking_runs(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon(ADK_EXAMPLE_HOLD_S="3")
+    running = await client.submit(A + "slow_agent", "go", user_id="u")
+    await _until_state(client, running, "running")
+    drained = daemon.cli("drain")
+    assert drained.returncode == 0 and "1 running runs go on" in drained.stdout
+    later = await client.submit(A + "weather_agent", "after drain", user_id="u")
+    assert (await client.wait(running, 60))["state"] == "completed"
+    await asyncio.sleep(1.5)  # one consumer poll period: it would have been taken by now
+    assert (await client.get(later))["state"] == "queued"
+    status = json.loads(daemon.cli("status", "--json").stdout)
+    assert status["draining"] is True and status["counts"]["completed"] == 1
+
+
+async def test_embedded_redis_cli_without_url_persistence_and_one_daemon_per_state_dir(
+    start_daemon: Callable[..., Daemon],
+) -> None:
+    daemon = start_daemon(url=None, state="embedded")
+    redis_proc = next(
+        p for p in psutil.Process(daemon.pid).children() if "redis-server" in p.name()
+    )
+    # The CLI finds the daemon through the socket in state_dir: no Redis URL anywhere.
+    submitted = daemon.cli("submit", A + "weather_agent", "hi", "--user-id", "u", "--wait")
+    assert submitted.returncode == 0, submitted.stderr
+    task = submitted.stdout.split()[1]
+    assert "completed" in submitted.stdout
+    assert "embedded Redis at unix://" in daemon.log()
+
+    second = Daemon(None, daemon.key_prefix, daemon.state_dir, "auto")
+    second.env = daemon.env
+    refused = second.cli("run", timeout=60)
+    assert refused.returncode == 1
+    assert f"already running on state_dir {daemon.state_dir}" in refused.stderr
+    assert daemon.cli("status").returncode == 0  # the first one is untouched
+
+    assert daemon.stop() == 0
+    assert not redis_proc.is_running() or redis_proc.status() == psutil.STATUS_ZOMBIE
+    gone = daemon.cli("get", task)
+    assert gone.returncode == 3 and "no daemon answers" in gone.stderr
+
+    restarted = start_daemon(url=None, state="embedded")
+    got = restarted.cli("get", task, "--json")
+    assert got.returncode == 0, got.stderr
+    record = json.loads(got.stdout)
+    assert record["state"] == "completed"  # the append-only file kept it
+
+
+async def test_stale_socket_is_replaced_and_a_live_one_is_not(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    path = tmp_path / "ctl.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # what a crash leaves: the file, nobody listening
+    daemon = start_daemon(ADK_SUPERVISOR_SOCKET_PATH=str(path))
+    assert daemon.cli("status").returncode == 0
+    intruder = Daemon(daemon.redis_url, daemon.key_prefix, tmp_path / "other", "auto",
+                      ADK_SUPERVISOR_SOCKET_PATH=str(path))  # fmt: skip
+    refused = intruder.cli("--redis-url", daemon.redis_url, "run", timeout=60)
+    assert refused.returncode == 1 and f"another process is serving {path}" in refused.stderr
+    assert daemon.cli("status").returncode == 0
+
+
+async def test_socket_mode_group_and_json_logs(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon(
+        ADK_SUPERVISOR_SOCKET_MODE="0660", ADK_SUPERVISOR_SOCKET_GROUP="adm",
+        ADK_SUPERVISOR_LOG_FORMAT="json",
+    )  # fmt: skip
+    info = daemon.socket_path.stat()
+    assert info.st_mode & 0o777 == 0o660 and info.st_gid == grp.getgrnam("adm").gr_gid
+    entries = [json.loads(line) for line in daemon.log().splitlines()]
+    assert any(e["msg"].startswith("ready: reconcile done") for e in entries)
+    assert all({"ts", "level", "logger", "msg"} <= set(e) for e in entries)
