@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest verify-unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ run: $(STAMP)
 	PYTHONPATH=$(CURDIR) \
 		$(BIN)/adk-supervisor --config examples/config.toml run
 
-test: lint typecheck pytest
+test: lint typecheck verify-unit pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -29,6 +29,19 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# systemd-analyze checks the unit file (with ExecStart pointed at this checkout's binary,
+# since /opt/adk-supervisor does not exist here). Without systemd's tools it says so.
+verify-unit: $(STAMP)
+	@if command -v systemd-analyze >/dev/null; then \
+		dir=$$(mktemp -d) && \
+		sed 's|/opt/adk-supervisor/.venv/bin/adk-supervisor|$(CURDIR)/$(BIN)/adk-supervisor|g' \
+			systemd/adk-supervisor.service > $$dir/adk-supervisor.service && \
+		systemd-analyze verify $$dir/adk-supervisor.service && rm -r $$dir && \
+		echo "systemd/adk-supervisor.service: systemd-analyze verify OK"; \
+	else \
+		echo "systemd-analyze not installed: unit file not verified (apt-get install -y systemd)"; \
+	fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/session_bench.py
