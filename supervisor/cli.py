@@ -213,7 +213,10 @@ def _run_daemon(settings: Settings, redis_url: str | None) -> int:
     except StateDirLocked as exc:
         raise CliError(str(exc)) from None
     except OSError as exc:
-        raise CliError(f"cannot use state_dir {settings.state_dir}: {exc}") from None
+        raise CliError(
+            f"cannot use state_dir {settings.state_dir}: {exc.strerror or exc}. Set state_dir "
+            "in the config (or ADK_SUPERVISOR_STATE_DIR) to a directory this user may write"
+        ) from None
     try:
         if redis_url:
             anyio.run(_serve, settings, redis_url, False)
