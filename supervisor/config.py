@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     default_timeout_s: float | None = Field(default=None, gt=0)
     kill_grace_s: float = Field(default=0.0, ge=0)
     kill_mechanism: Literal["auto", "cgroup", "pgroup"] = "auto"
+    spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     apps: dict[str, str] = Field(default_factory=dict)

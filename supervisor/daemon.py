@@ -35,10 +35,11 @@ from .process_tree import (
     RunContainer,
     boot_id,
     choose_containment,
+    process_start_ticks,
     set_child_subreaper,
 )
 from .reconcile import reconcile_node
-from .spawner import ExecSpawner, SpawnedProcess, Spawner
+from .spawner import ExecSpawner, ForkServerSpawner, Spawner
 
 __all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
 
@@ -64,7 +65,9 @@ class ActiveRun:
 
     spec: RunSpec
     container: RunContainer
-    proc: SpawnedProcess
+    pid: int
+    pidfd: int | None  # None once reaped: never signal through a reaped PID
+    start_ticks: int
     started: float
     deadline: float | None
     exited: anyio.Event = field(default_factory=anyio.Event)
@@ -90,7 +93,12 @@ class Supervisor:
         self.redis_url = redis_url or settings.redis_url or "redis://localhost:6379/0"
         self.node_id = settings.node_id
         self.boot_id = boot_id()
-        self.spawner = spawner or ExecSpawner()
+        self.log_dir = settings.state_dir / "logs"
+        self.spawner = spawner or (
+            ForkServerSpawner(list(settings.apps.values()), self.log_dir / "fork-server.log")
+            if settings.spawn_mode == "fork-server"
+            else ExecSpawner()
+        )
         self.client: aioredis.Redis = connect(self.redis_url)
         self.store = TaskStore(self.client, settings.key_prefix)
         self.stream = runs_stream(settings.key_prefix)
@@ -105,7 +113,10 @@ class Supervisor:
         self._stopping = anyio.Event()
         self._child_exited = anyio.Event()
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
-        self.log_dir = settings.state_dir / "logs"
+        # Exit statuses of processes reaped while a spawn was in flight: a forked run
+        # may die (and be reaped) before its spawner has told us its PID.
+        self._unclaimed: dict[int, tuple[int, Any]] = {}
+        self._spawning = 0
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -114,9 +125,10 @@ class Supervisor:
         set_child_subreaper()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.containment = choose_containment(self.settings.kill_mechanism, self.node_id)
+        self.spawner.start()
         log.info(
-            "adk-supervisor node=%s redis=%s kill_mechanism=%s max_concurrent_runs=%d",
-            self.node_id, redact_url(self.redis_url), self.containment.name,
+            "adk-supervisor node=%s redis=%s kill_mechanism=%s spawner=%s max_concurrent_runs=%d",
+            self.node_id, redact_url(self.redis_url), self.containment.name, self.spawner.name,
             self.settings.max_concurrent_runs,
         )  # fmt: skip
         report = await reconcile_node(self.store, self.node_key, self.boot_id, self.containment)
@@ -143,6 +155,7 @@ class Supervisor:
                     await self._outbox_empty.wait()
                 tg.cancel_scope.cancel()
         finally:
+            self.spawner.close()
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
 
@@ -180,13 +193,21 @@ class Supervisor:
             self._child_exited = anyio.Event()
             run = self._by_pid.pop(pid, None)
             if run is None:
+                if self._spawning:
+                    self._unclaimed[pid] = (status, rusage)
                 continue
-            run.wait_status = status
-            run.rusage = rusage
+            self._exited(run, status, rusage)
+
+    @staticmethod
+    def _exited(run: ActiveRun, status: int, rusage: Any) -> None:
+        run.wait_status = status
+        run.rusage = rusage
+        if run.pidfd is not None:
             # The pidfd now names a reaped process: never signal through it again.
-            os.close(run.proc.pidfd)
-            run.exited.set()
-            run.exited_or_killed.set()
+            os.close(run.pidfd)
+            run.pidfd = None
+        run.exited.set()
+        run.exited_or_killed.set()
 
     # ------------------------------------------------------------------- aborts
 
@@ -266,8 +287,7 @@ class Supervisor:
         run.kill = (state, reason, signal.SIGKILL)
         run.kill_sent_at = time.monotonic()
         run.exited_or_killed.set()
-        pidfd = None if run.exited.is_set() else run.proc.pidfd
-        self.containment.kill(run.container, pidfd, run.proc.pid, sig)
+        self.containment.kill(run.container, run.pidfd, run.pid, sig)
 
     async def _ensure_tree_gone(self, run: ActiveRun) -> None:
         assert self.containment is not None
@@ -281,8 +301,7 @@ class Supervisor:
                 return
             # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
             if first or run.kill is not None:
-                pidfd = None if run.exited.is_set() else run.proc.pidfd
-                self.containment.kill(run.container, pidfd, run.proc.pid, signal.SIGKILL)
+                self.containment.kill(run.container, run.pidfd, run.pid, signal.SIGKILL)
                 first = False
             # Every process of the tree ends as a child of this subreaper, so each death
             # reaches the reaper as SIGCHLD: wake on that, not on a polling tick. The
@@ -426,22 +445,35 @@ class Supervisor:
         )  # fmt: skip
         assert self.containment is not None
         container = self.containment.prepare(task_id)
+        self._spawning += 1
         try:
-            proc = self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
-        except OSError as exc:
+            pid = await self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
+        except (OSError, ValueError) as exc:
             self.containment.release(container)
             await self._record(task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"})
             return
+        finally:
+            self._spawning -= 1
+        early = self._unclaimed.pop(pid, None)
+        if not self._spawning:
+            self._unclaimed.clear()
+        # Unless reaped above, the PID is still this run's: nobody else reaps it.
+        pidfd = os.pidfd_open(pid) if early is None else None
         now = time.monotonic()
-        run = ActiveRun(spec, container, proc, now, None if timeout is None else now + timeout)
+        run = ActiveRun(
+            spec, container, pid, pidfd, process_start_ticks(pid) or 0 if pidfd else 0,
+            now, None if timeout is None else now + timeout,
+        )  # fmt: skip
         self.runs[task_id] = run
-        self._by_pid[proc.pid] = run
+        self._by_pid[pid] = run
+        if early is not None:
+            self._exited(run, *early)
         self._reap()  # the child may already have exited
         await self._record(task_id, TaskState.RUNNING, {
-            "pid": proc.pid, "pgid": proc.pid, "start_ticks": proc.start_ticks,
+            "pid": pid, "pgid": pid, "start_ticks": run.start_ticks,
             "cgroup": str(container.cgroup or ""),
         })  # fmt: skip
-        log.info("task %s started: app=%s pid=%d", task_id, request["app"], proc.pid)
+        log.info("task %s started: app=%s pid=%d", task_id, request["app"], pid)
         # An abort published between the check above and registering the run found nothing to kill.
         with contextlib.suppress(*_REDIS_DOWN):
             await self._apply_abort_marks()
@@ -449,7 +481,7 @@ class Supervisor:
             await self._watch(run)
         finally:
             self.runs.pop(task_id, None)
-            self._by_pid.pop(proc.pid, None)
+            self._by_pid.pop(pid, None)
             run.finished.set()
 
     async def _watch(self, run: ActiveRun) -> None:

@@ -120,6 +120,12 @@ class RunContainer:
             finally:
                 os.close(fd)
 
+    def adopt(self, pid: int) -> None:
+        """From the daemon: move ``pid`` into the run's cgroup leaf (no-op if it is there)."""
+        if self.cgroup is not None:
+            with contextlib.suppress(ProcessLookupError):
+                (self.cgroup / "cgroup.procs").write_text(str(pid))
+
 
 class Containment(Protocol):
     """How runs are contained and killed; chosen once at daemon start."""
