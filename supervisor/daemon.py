@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.child import RunSpec
 from agent_runtime.redis_connection import connect, redact_url
-from agent_runtime.task_store import TaskState, TaskStore, parse_abort_payload
+from agent_runtime.task_store import TaskState, TaskStore, check_task_id, parse_abort_payload
 
 from .config import Settings
 from .process_tree import (
@@ -117,6 +117,7 @@ class Supervisor:
         # may die (and be reaped) before its spawner has told us its PID.
         self._unclaimed: dict[int, tuple[int, Any]] = {}
         self._spawning = 0
+        self._starting: dict[str, str | None] = {}  # task -> parked abort reason
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -259,6 +260,10 @@ class Supervisor:
             )
         run = self.runs.get(task_id)
         if run is None:
+            if task_id in self._starting:
+                self._starting[task_id] = reason
+                log.info("abort for %s: arrived while it starts; killed once spawned", task_id)
+                return
             log.info("abort for %s: not running on this node, ignored", task_id)
             return
         self._kill(run, TaskState.ABORTED, reason)
@@ -396,6 +401,7 @@ class Supervisor:
         try:
             if not task_id:
                 raise ValueError("missing task_id")
+            check_task_id(task_id)
             for name in ("app", "user_id", "message"):
                 if not request.get(name):
                     raise ValueError(f"missing {name}")
@@ -409,11 +415,27 @@ class Supervisor:
                 raise ValueError(f"timeout must be positive, got {timeout}")
         except ValueError as exc:
             log.warning("run request %s rejected: %s", entry_id, exc)
-            if task_id:
+            if task_id and "invalid task id" not in str(exc):
                 await self._record(task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"})
             await self.client.xack(self.stream, RUNS_GROUP, entry_id)
             return
 
+        # From here until the run is registered, a live abort is parked here (pub/sub
+        # alone would drop it: the run is not in self.runs yet).
+        self._starting[task_id] = None
+        try:
+            await self._start_and_watch_registered(entry_id, request, task_id, app_ref, timeout)
+        finally:
+            self._starting.pop(task_id, None)
+
+    async def _start_and_watch_registered(
+        self,
+        entry_id: bytes,
+        request: dict[str, str],
+        task_id: str,
+        app_ref: str,
+        timeout_s: float | None,
+    ) -> None:
         marks = await self.store.abort_marks([task_id])
         if task_id in marks:
             reason = parse_abort_payload(marks[task_id])[0]
@@ -443,6 +465,11 @@ class Supervisor:
             session_id=session_id, message=request["message"], redis_url=self.redis_url,
             key_prefix=self.settings.key_prefix, session_ttl=self.settings.session_ttl_s,
         )  # fmt: skip
+        parked = self._starting.get(task_id)
+        if parked is not None:
+            await self._record(task_id, TaskState.ABORTED, {"reason": parked})
+            log.info("task %s aborted before it started: %s", task_id, parked)
+            return
         assert self.containment is not None
         container = self.containment.prepare(task_id)
         self._spawning += 1
@@ -462,10 +489,13 @@ class Supervisor:
         now = time.monotonic()
         run = ActiveRun(
             spec, container, pid, pidfd, process_start_ticks(pid) or 0 if pidfd else 0,
-            now, None if timeout is None else now + timeout,
+            now, None if timeout_s is None else now + timeout_s,
         )  # fmt: skip
         self.runs[task_id] = run
         self._by_pid[pid] = run
+        parked = self._starting.pop(task_id, None)
+        if parked is not None:
+            self._kill(run, TaskState.ABORTED, parked)
         if early is not None:
             self._exited(run, *early)
         self._reap()  # the child may already have exited
@@ -493,19 +523,22 @@ class Supervisor:
             self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
         await self._ensure_tree_gone(run)
         await run.exited.wait()
+        gone = time.monotonic()
         assert self.containment is not None
         self.containment.release(run.container)
         state, fields = await self._outcome(run)
-        duration = time.monotonic() - run.started
+        duration = gone - run.started
         fields["duration_s"] = f"{duration:.3f}"
         await self._record(run.spec.task_id, state, fields)
-        log.info(
-            "task %s %s after %.2fs: %s",
-            run.spec.task_id,
-            state.value,
-            duration,
-            fields.get("reason"),
+        killed = (
+            f" (tree gone {(gone - run.kill_sent_at) * 1000:.1f} ms after the kill)"
+            if run.kill_sent_at is not None
+            else ""
         )
+        log.info(
+            "task %s %s after %.2fs%s: %s",
+            run.spec.task_id, state.value, duration, killed, fields.get("reason"),
+        )  # fmt: skip
 
     async def _outcome(self, run: ActiveRun) -> tuple[TaskState, dict[str, object]]:
         status = run.wait_status if run.wait_status is not None else 0

@@ -381,3 +381,19 @@ async def test_runs_go_on_after_the_fork_server_is_killed(
     second = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
     assert second["state"] == "completed"
     assert "restarting it" in daemon.log()
+
+
+async def test_raw_abort_while_the_run_is_starting_is_not_lost(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    # The fork server preloads an app that takes 3 s to import: the run waits in `starting`.
+    daemon = start_daemon(ADK_SUPERVISOR_APPS=json.dumps({"slow": "tests.slow_import_app:agent"}))
+    task = await client.submit("slow", "hi", user_id="u")
+    await _until_state(client, task, "starting")
+    # A bare PUBLISH leaves no durable mark: only the daemon's memory can keep it.
+    publisher = redis.Redis.from_url(redis_url)
+    publisher.publish(f"{key_prefix}abort:{task}", '{"action": "abort", "reason": "too early"}')
+    publisher.close()
+    record = await client.wait(task, 60)
+    assert record["state"] == "aborted" and record["reason"] == "too early"
+    assert "arrived while it starts" in daemon.log()
