@@ -45,6 +45,10 @@ verify-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/session_bench.py
+	$(BIN)/python bench/abort_latency.py
+	$(BIN)/python bench/abort_latency.py --mechanism pgroup
+	$(BIN)/python bench/spawn_latency.py
+	$(BIN)/python bench/reconcile_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -89,6 +89,21 @@ async def _record_error(spec: RunSpec, error: str) -> None:
         await client.aclose()
 
 
+def execute(spec: RunSpec) -> int:
+    """Runs ``spec`` in this process; returns the exit code (errors go to the task record)."""
+    try:
+        asyncio.run(run(spec))
+    except Exception as exc:
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+        try:
+            asyncio.run(_record_error(spec, error))
+        except Exception as record_exc:
+            print(f"could not record the error in Redis: {record_exc}", file=sys.stderr)
+        return EXIT_AGENT_ERROR
+    return 0
+
+
 def main() -> int:
     """Runs the spec in ``$ADK_SUPERVISOR_RUN``; returns the process exit code."""
     raw = os.environ.get(RUN_ENV)
@@ -102,17 +117,7 @@ def main() -> int:
     except (ValueError, TypeError) as exc:
         print(f"malformed {RUN_ENV}: {exc}", file=sys.stderr)
         return EXIT_BAD_SPEC
-    try:
-        asyncio.run(run(spec))
-    except Exception as exc:
-        traceback.print_exc()
-        error = f"{type(exc).__name__}: {exc}"
-        try:
-            asyncio.run(_record_error(spec, error))
-        except Exception as record_exc:
-            print(f"could not record the error in Redis: {record_exc}", file=sys.stderr)
-        return EXIT_AGENT_ERROR
-    return 0
+    return execute(spec)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,27 @@ import redis.asyncio as aioredis
 
 from .redis_connection import as_text
 
-__all__ = ["TERMINAL_STATES", "TaskState", "TaskStore", "TransitionResult"]
+__all__ = [
+    "TERMINAL_STATES",
+    "TaskState",
+    "TaskStore",
+    "TransitionResult",
+    "check_task_id",
+]
+
+# Task ids name files (run logs) and cgroup directories: no path separators, no
+# leading dot, and short enough for the fork server's environment marker.
+_TASK_ID = re.compile(r"[A-Za-z0-9_:@=+-][A-Za-z0-9_.:@=+-]{0,127}")
+
+
+def check_task_id(task_id: str) -> str:
+    """Returns ``task_id`` if it is a valid task id, else raises ValueError saying why."""
+    if not _TASK_ID.fullmatch(task_id):
+        raise ValueError(
+            f"invalid task id {task_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : @ = + -, "
+            "not starting with '.'"
+        )
+    return task_id
 
 
 class TaskState(enum.StrEnum):

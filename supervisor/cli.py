@@ -28,7 +28,7 @@ import anyio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .client import SupervisorClient, TaskExistsError, TaskNotFoundError
+from .client import SupervisorClient, TaskNotFoundError
 from .config import ConfigError, Settings, find_config_path, load_settings
 from .daemon import Supervisor
 from .logs import setup_logging
@@ -390,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TaskNotFoundError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    except TaskExistsError as exc:
+    except ValueError as exc:  # an invalid task id, or one that exists already
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (RedisConnectionError, RedisTimeoutError, DaemonUnavailable) as exc:

@@ -9,7 +9,7 @@ import anyio
 import redis.asyncio as aioredis
 
 from agent_runtime.redis_connection import connect
-from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore
+from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore, check_task_id
 
 from .daemon import runs_stream
 
@@ -40,7 +40,7 @@ async def submit_task(
     Shared by :class:`SupervisorClient` and the daemon's status socket, so both
     queue runs exactly alike.
     """
-    task_id = task_id or uuid.uuid4().hex
+    task_id = check_task_id(task_id) if task_id else uuid.uuid4().hex
     fields: dict[str, object] = {
         "app": app,
         "user_id": user_id,

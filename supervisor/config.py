@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     kill_mechanism: Literal["auto", "cgroup", "pgroup"] = "auto"
     on_shutdown: Literal["kill", "drain"] = "kill"
     drain_timeout_s: float = Field(default=60.0, ge=0)
+    spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

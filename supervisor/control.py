@@ -88,7 +88,7 @@ class ControlHandler:
 
     async def _submit(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         # Imported here: the client module imports the daemon, which imports this module.
-        from .client import TaskExistsError, submit_task
+        from .client import submit_task
 
         sup = self.supervisor
         app = _text(request, "app")
@@ -107,7 +107,7 @@ class ControlHandler:
                 sup.store, sup.stream, app, message, user_id=user_id,
                 session_id=session_id, task_id=task_id, timeout_s=timeout_s,
             )  # fmt: skip
-        except TaskExistsError as exc:
+        except ValueError as exc:  # an invalid task id, or one that exists already
             raise RequestError(str(exc)) from None
         log.info("task %s submitted over the status socket by uid=%d pid=%d: app=%s",
                  task_id, peer.uid, peer.pid, app)  # fmt: skip

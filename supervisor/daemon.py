@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.child import RunSpec
 from agent_runtime.redis_connection import connect, redact_url
-from agent_runtime.task_store import TaskState, TaskStore, parse_abort_payload
+from agent_runtime.task_store import TaskState, TaskStore, check_task_id, parse_abort_payload
 
 from .config import Settings
 from .daemon_ops import OperatorMixin
@@ -36,11 +36,12 @@ from .process_tree import (
     RunContainer,
     boot_id,
     choose_containment,
+    process_start_ticks,
     set_child_subreaper,
 )
 from .reconcile import reconcile_node
 from .sd_notify import SdNotifier
-from .spawner import ExecSpawner, SpawnedProcess, Spawner
+from .spawner import ExecSpawner, ForkServerSpawner, Spawner
 
 __all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
 
@@ -66,7 +67,9 @@ class ActiveRun:
 
     spec: RunSpec
     container: RunContainer
-    proc: SpawnedProcess
+    pid: int
+    pidfd: int | None  # None once reaped: never signal through a reaped PID
+    start_ticks: int
     started: float
     deadline: float | None
     exited: anyio.Event = field(default_factory=anyio.Event)
@@ -92,7 +95,12 @@ class Supervisor(OperatorMixin):
         self.redis_url = redis_url or settings.redis_url or "redis://localhost:6379/0"
         self.node_id = settings.node_id
         self.boot_id = boot_id()
-        self.spawner = spawner or ExecSpawner()
+        self.log_dir = settings.state_dir / "logs"
+        self.spawner = spawner or (
+            ForkServerSpawner(list(settings.apps.values()), self.log_dir / "fork-server.log")
+            if settings.spawn_mode == "fork-server"
+            else ExecSpawner()
+        )
         self.client: aioredis.Redis = connect(self.redis_url)
         self.store = TaskStore(self.client, settings.key_prefix)
         self.stream = runs_stream(settings.key_prefix)
@@ -107,7 +115,11 @@ class Supervisor(OperatorMixin):
         self._stopping = anyio.Event()
         self._child_exited = anyio.Event()
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
-        self.log_dir = settings.state_dir / "logs"
+        # Exit statuses of processes reaped while a spawn was in flight: a forked run
+        # may die (and be reaped) before its spawner has told us its PID.
+        self._unclaimed: dict[int, tuple[int, Any]] = {}
+        self._spawning = 0
+        self._starting: dict[str, str | None] = {}  # task -> parked abort reason
         # Operator surface (status socket, sd_notify, heartbeat, drain): see daemon_ops.py.
         self.pid = os.getpid()
         self.started_at = time.time()
@@ -125,9 +137,10 @@ class Supervisor(OperatorMixin):
         set_child_subreaper()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.containment = choose_containment(self.settings.kill_mechanism, self.node_id)
+        self.spawner.start()
         log.info(
-            "adk-supervisor node=%s redis=%s kill_mechanism=%s max_concurrent_runs=%d",
-            self.node_id, redact_url(self.redis_url), self.containment.name,
+            "adk-supervisor node=%s redis=%s kill_mechanism=%s spawner=%s max_concurrent_runs=%d",
+            self.node_id, redact_url(self.redis_url), self.containment.name, self.spawner.name,
             self.settings.max_concurrent_runs,
         )  # fmt: skip
         report = await reconcile_node(self.store, self.node_key, self.boot_id, self.containment)
@@ -149,6 +162,7 @@ class Supervisor(OperatorMixin):
                 await self._shutdown_runs()
                 tg.cancel_scope.cancel()
         finally:
+            self.spawner.close()
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
 
@@ -186,13 +200,21 @@ class Supervisor(OperatorMixin):
             self._child_exited = anyio.Event()
             run = self._by_pid.pop(pid, None)
             if run is None:
+                if self._spawning:
+                    self._unclaimed[pid] = (status, rusage)
                 continue
-            run.wait_status = status
-            run.rusage = rusage
+            self._exited(run, status, rusage)
+
+    @staticmethod
+    def _exited(run: ActiveRun, status: int, rusage: Any) -> None:
+        run.wait_status = status
+        run.rusage = rusage
+        if run.pidfd is not None:
             # The pidfd now names a reaped process: never signal through it again.
-            os.close(run.proc.pidfd)
-            run.exited.set()
-            run.exited_or_killed.set()
+            os.close(run.pidfd)
+            run.pidfd = None
+        run.exited.set()
+        run.exited_or_killed.set()
 
     # ------------------------------------------------------------------- aborts
 
@@ -244,6 +266,10 @@ class Supervisor(OperatorMixin):
             )
         run = self.runs.get(task_id)
         if run is None:
+            if task_id in self._starting:
+                self._starting[task_id] = reason
+                log.info("abort for %s: arrived while it starts; killed once spawned", task_id)
+                return
             log.info("abort for %s: not running on this node, ignored", task_id)
             return
         self._kill(run, TaskState.ABORTED, reason)
@@ -272,8 +298,7 @@ class Supervisor(OperatorMixin):
         run.kill = (state, reason, signal.SIGKILL)
         run.kill_sent_at = time.monotonic()
         run.exited_or_killed.set()
-        pidfd = None if run.exited.is_set() else run.proc.pidfd
-        self.containment.kill(run.container, pidfd, run.proc.pid, sig)
+        self.containment.kill(run.container, run.pidfd, run.pid, sig)
 
     async def _ensure_tree_gone(self, run: ActiveRun) -> None:
         assert self.containment is not None
@@ -287,8 +312,7 @@ class Supervisor(OperatorMixin):
                 return
             # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
             if first or run.kill is not None:
-                pidfd = None if run.exited.is_set() else run.proc.pidfd
-                self.containment.kill(run.container, pidfd, run.proc.pid, signal.SIGKILL)
+                self.containment.kill(run.container, run.pidfd, run.pid, signal.SIGKILL)
                 first = False
             # Every process of the tree ends as a child of this subreaper, so each death
             # reaches the reaper as SIGCHLD: wake on that, not on a polling tick. The
@@ -393,6 +417,7 @@ class Supervisor(OperatorMixin):
         try:
             if not task_id:
                 raise ValueError("missing task_id")
+            check_task_id(task_id)
             for name in ("app", "user_id", "message"):
                 if not request.get(name):
                     raise ValueError(f"missing {name}")
@@ -406,11 +431,27 @@ class Supervisor(OperatorMixin):
                 raise ValueError(f"timeout must be positive, got {timeout}")
         except ValueError as exc:
             log.warning("run request %s rejected: %s", entry_id, exc)
-            if task_id:
+            if task_id and "invalid task id" not in str(exc):
                 await self._record(task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"})
             await self.client.xack(self.stream, RUNS_GROUP, entry_id)
             return
 
+        # From here until the run is registered, a live abort is parked here (pub/sub
+        # alone would drop it: the run is not in self.runs yet).
+        self._starting[task_id] = None
+        try:
+            await self._start_and_watch_registered(entry_id, request, task_id, app_ref, timeout)
+        finally:
+            self._starting.pop(task_id, None)
+
+    async def _start_and_watch_registered(
+        self,
+        entry_id: bytes,
+        request: dict[str, str],
+        task_id: str,
+        app_ref: str,
+        timeout_s: float | None,
+    ) -> None:
         marks = await self.store.abort_marks([task_id])
         if task_id in marks:
             reason = parse_abort_payload(marks[task_id])[0]
@@ -440,24 +481,45 @@ class Supervisor(OperatorMixin):
             session_id=session_id, message=request["message"], redis_url=self.redis_url,
             key_prefix=self.settings.key_prefix, session_ttl=self.settings.session_ttl_s,
         )  # fmt: skip
+        parked = self._starting.get(task_id)
+        if parked is not None:
+            await self._record(task_id, TaskState.ABORTED, {"reason": parked})
+            log.info("task %s aborted before it started: %s", task_id, parked)
+            return
         assert self.containment is not None
         container = self.containment.prepare(task_id)
+        self._spawning += 1
         try:
-            proc = self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
-        except OSError as exc:
+            pid = await self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
+        except (OSError, ValueError) as exc:
             self.containment.release(container)
             await self._record(task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"})
             return
+        finally:
+            self._spawning -= 1
+        early = self._unclaimed.pop(pid, None)
+        if not self._spawning:
+            self._unclaimed.clear()
+        # Unless reaped above, the PID is still this run's: nobody else reaps it.
+        pidfd = os.pidfd_open(pid) if early is None else None
         now = time.monotonic()
-        run = ActiveRun(spec, container, proc, now, None if timeout is None else now + timeout)
+        run = ActiveRun(
+            spec, container, pid, pidfd, process_start_ticks(pid) or 0 if pidfd else 0,
+            now, None if timeout_s is None else now + timeout_s,
+        )  # fmt: skip
         self.runs[task_id] = run
-        self._by_pid[proc.pid] = run
+        self._by_pid[pid] = run
+        parked = self._starting.pop(task_id, None)
+        if parked is not None:
+            self._kill(run, TaskState.ABORTED, parked)
+        if early is not None:
+            self._exited(run, *early)
         self._reap()  # the child may already have exited
         await self._record(task_id, TaskState.RUNNING, {
-            "pid": proc.pid, "pgid": proc.pid, "start_ticks": proc.start_ticks,
+            "pid": pid, "pgid": pid, "start_ticks": run.start_ticks,
             "cgroup": str(container.cgroup or ""),
         })  # fmt: skip
-        log.info("task %s started: app=%s pid=%d", task_id, request["app"], proc.pid)
+        log.info("task %s started: app=%s pid=%d", task_id, request["app"], pid)
         # An abort published between the check above and registering the run found nothing to kill.
         with contextlib.suppress(*_REDIS_DOWN):
             await self._apply_abort_marks()
@@ -465,7 +527,7 @@ class Supervisor(OperatorMixin):
             await self._watch(run)
         finally:
             self.runs.pop(task_id, None)
-            self._by_pid.pop(proc.pid, None)
+            self._by_pid.pop(pid, None)
             run.finished.set()
 
     async def _watch(self, run: ActiveRun) -> None:
@@ -477,20 +539,23 @@ class Supervisor(OperatorMixin):
             self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
         await self._ensure_tree_gone(run)
         await run.exited.wait()
+        gone = time.monotonic()
         assert self.containment is not None
         self.containment.release(run.container)
         state, fields = await self._outcome(run)
         self.finished_counts[state.value] += 1
-        duration = time.monotonic() - run.started
+        duration = gone - run.started
         fields["duration_s"] = f"{duration:.3f}"
         await self._record(run.spec.task_id, state, fields)
-        log.info(
-            "task %s %s after %.2fs: %s",
-            run.spec.task_id,
-            state.value,
-            duration,
-            fields.get("reason"),
+        killed = (
+            f" (tree gone {(gone - run.kill_sent_at) * 1000:.1f} ms after the kill)"
+            if run.kill_sent_at is not None
+            else ""
         )
+        log.info(
+            "task %s %s after %.2fs%s: %s",
+            run.spec.task_id, state.value, duration, killed, fields.get("reason"),
+        )  # fmt: skip
 
     async def _outcome(self, run: ActiveRun) -> tuple[TaskState, dict[str, object]]:
         status = run.wait_status if run.wait_status is not None else 0

@@ -128,11 +128,11 @@ class OperatorMixin:
         by_ref = {ref: name for name, ref in self.settings.apps.items()}
         runs = []
         for task_id, run in list(self.runs.items()):
-            rss, cpu = _tree_usage(run.proc.pid)
+            rss, cpu = _tree_usage(run.pid)
             runs.append({
                 "task_id": task_id, "app": by_ref.get(run.spec.app_ref, run.spec.app_ref),
                 "user_id": run.spec.user_id, "session_id": run.spec.session_id,
-                "pid": run.proc.pid, "elapsed_s": round(now - run.started, 3),
+                "pid": run.pid, "elapsed_s": round(now - run.started, 3),
                 "timeout_in_s": None if run.deadline is None else round(run.deadline - now, 3),
                 "rss_bytes": rss, "cpu_s": round(cpu, 3), "killing": run.kill is not None,
             })  # fmt: skip

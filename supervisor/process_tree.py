@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
-import psutil
-
 __all__ = [
     "TASK_ENV",
     "CgroupContainment",
@@ -120,6 +118,12 @@ class RunContainer:
             finally:
                 os.close(fd)
 
+    def adopt(self, pid: int) -> None:
+        """From the daemon: move ``pid`` into the run's cgroup leaf (no-op if it is there)."""
+        if self.cgroup is not None:
+            with contextlib.suppress(ProcessLookupError):
+                (self.cgroup / "cgroup.procs").write_text(str(pid))
+
 
 class Containment(Protocol):
     """How runs are contained and killed; chosen once at daemon start."""
@@ -186,17 +190,57 @@ class CgroupContainment:
         return [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("run-")]
 
 
-def _tagged_descendants(task_id: str) -> list[psutil.Process]:
-    marker = f"{TASK_ENV}={task_id}".encode()
-    found = []
-    for proc in psutil.Process().children(recursive=True):
+def _descendants(root: int) -> list[int]:
+    """PIDs below ``root``, from the kernel's per-thread ``children`` lists.
+
+    Walks only the tree itself; psutil's ``children(recursive=True)`` reads the
+    stat file of every process on the host, which made each sweep cost
+    milliseconds on the kill path.
+    """
+    found: list[int] = []
+    stack = [root]
+    while stack:
+        pid = stack.pop()
         try:
-            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue
-        if marker in environ.split(b"\0"):
-            found.append(proc)
+        for tid in tids:
+            try:
+                children = Path(f"/proc/{pid}/task/{tid}/children").read_bytes().split()
+            except OSError:
+                continue
+            for child in map(int, children):
+                found.append(child)
+                stack.append(child)
     return found
+
+
+def _carries(pid: int, marker: bytes) -> bool:
+    # A zombie, or a process past releasing its memory, has an empty environ.
+    try:
+        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def _tagged_descendants(task_id: str) -> list[int]:
+    marker = f"{TASK_ENV}={task_id}".encode()
+    return [pid for pid in _descendants(os.getpid()) if _carries(pid, marker)]
+
+
+def _signal_tagged(pid: int, marker: bytes, sig: int) -> None:
+    """Signals ``pid`` only if, while a pidfd holds it, it still carries ``marker``."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _carries(pid, marker):
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(pidfd, sig)
+    finally:
+        os.close(pidfd)
 
 
 class PgroupContainment:
@@ -219,21 +263,14 @@ class PgroupContainment:
                         os.killpg(pgid, sig)
                 elif exc.errno != errno.ESRCH:
                     raise
-        # Escaped members (setsid, double fork) carry the run's marker.
-        for _ in range(10):
-            procs = _tagged_descendants(container.task_id)
-            if not procs:
-                return
-            for proc in procs:
-                with contextlib.suppress(psutil.Error):
-                    proc.send_signal(sig)
-            if sig != signal.SIGKILL:
-                return
+        # Escaped members (setsid, double fork) carry the run's marker. One pass:
+        # the daemon sweeps again until populated() is false, catching late forks.
+        marker = f"{TASK_ENV}={container.task_id}".encode()
+        for pid in _tagged_descendants(container.task_id):
+            _signal_tagged(pid, marker, sig)
 
     def populated(self, container: RunContainer) -> bool:
-        return any(
-            p.status() != psutil.STATUS_ZOMBIE for p in _tagged_descendants(container.task_id)
-        )
+        return bool(_tagged_descendants(container.task_id))
 
     def release(self, container: RunContainer) -> None:
         return None

@@ -82,12 +82,13 @@ class Daemon:
         return self.proc.pid
 
     def descendants(self) -> list[psutil.Process]:
-        """Every live process below the daemon."""
+        """Every live process below the daemon but its fork server: what runs left behind."""
         try:
             return [
                 p
                 for p in psutil.Process(self.pid).children(recursive=True)
                 if p.status() != psutil.STATUS_ZOMBIE
+                and "agent_runtime.fork_server" not in p.cmdline()
             ]
         except psutil.NoSuchProcess:
             return []

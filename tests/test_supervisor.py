@@ -106,10 +106,11 @@ def _marked(task_id: str) -> list[int]:
     return found
 
 
+@pytest.mark.parametrize("spawn_mode", ["fork-server", "exec"])
 async def test_exit_kinds_are_recorded_faithfully(
-    start_daemon: Callable[..., Daemon], client: SupervisorClient
+    spawn_mode: str, start_daemon: Callable[..., Daemon], client: SupervisorClient
 ) -> None:
-    start_daemon()
+    start_daemon(ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
     ok = await client.submit(A + "weather_agent", "weather?", user_id="u")
     raising = await client.submit(A + "raising_agent", "go", user_id="u")
     exit3 = await client.submit(A + "exit3_agent", "go", user_id="u")
@@ -123,15 +124,19 @@ async def test_exit_kinds_are_recorded_faithfully(
     assert exited["state"] == "failed" and exited["exit_code"] == "3" and "signal" not in exited
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS)
+@pytest.mark.parametrize(
+    ("mechanism", "spawn_mode"),
+    [("cgroup", "fork-server"), ("pgroup", "fork-server"), ("pgroup", "exec")],
+)
 async def test_abort_kills_setsid_double_forked_grandchild(
     mechanism: str,
+    spawn_mode: str,
     start_daemon: Callable[..., Daemon],
     client: SupervisorClient,
     redis_url: str,
     key_prefix: str,
 ) -> None:
-    daemon = start_daemon(mechanism)
+    daemon = start_daemon(mechanism, ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
     task = await client.submit(A + "setsid_agent", "go", user_id="u")
     await _until_state(client, task, "running")
     deadline = time.monotonic() + 30
@@ -348,3 +353,47 @@ async def test_kill_grace_sends_sigterm_first_then_sigkill(
     log = daemon.state_dir / "logs" / f"{stubborn}.log"
     assert "got SIGTERM, ignoring it" in log.read_text()
     assert _marked(stubborn) == []
+
+
+async def test_unimportable_app_fails_with_a_clear_reason(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon()
+    task = await client.submit("examples.no_such_module:agent", "go", user_id="u")
+    record = await client.wait(task, 60)
+    assert record["state"] == "failed" and record["exit_code"] == "1"
+    assert "cannot import module 'examples.no_such_module'" in record["reason"]
+
+
+async def test_runs_go_on_after_the_fork_server_is_killed(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon()
+    first = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert first["state"] == "completed"
+    servers = [
+        p
+        for p in psutil.Process(daemon.pid).children()
+        if "agent_runtime.fork_server" in p.cmdline()
+    ]
+    assert len(servers) == 1
+    servers[0].kill()
+    second = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert second["state"] == "completed"
+    assert "restarting it" in daemon.log()
+
+
+async def test_raw_abort_while_the_run_is_starting_is_not_lost(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    # The fork server preloads an app that takes 3 s to import: the run waits in `starting`.
+    daemon = start_daemon(ADK_SUPERVISOR_APPS=json.dumps({"slow": "tests.slow_import_app:agent"}))
+    task = await client.submit("slow", "hi", user_id="u")
+    await _until_state(client, task, "starting")
+    # A bare PUBLISH leaves no durable mark: only the daemon's memory can keep it.
+    publisher = redis.Redis.from_url(redis_url)
+    publisher.publish(f"{key_prefix}abort:{task}", '{"action": "abort", "reason": "too early"}')
+    publisher.close()
+    record = await client.wait(task, 60)
+    assert record["state"] == "aborted" and record["reason"] == "too early"
+    assert "arrived while it starts" in daemon.log()
