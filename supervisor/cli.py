@@ -357,6 +357,15 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The CLI; returns the exit code (2 on bad usage or bad config)."""
+    code = _main(argv)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # `adk-supervisor wait T | head -1`: keep wait's exit code
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
