@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .client import SupervisorClient, TaskNotFoundError
-from .config import ConfigError, Settings, find_config_path, load_settings
+from .config import ConfigError, Settings, find_config_path, load_settings, unknown_env_vars
 from .daemon import Supervisor
 from .logs import setup_logging
 from .redis_server import RedisServer, RedisServerError
@@ -381,6 +381,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level, settings.log_format)
+    for name in unknown_env_vars():
+        log.warning("%s is set but names no setting: ignored (a typo?)", name)
     try:
         if args.command == "check-config":
             return _check_config(args, settings)

@@ -23,7 +23,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "Settings", "find_config_path", "load_settings"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "ConfigError",
+    "Settings",
+    "find_config_path",
+    "load_settings",
+    "unknown_env_vars",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/adk-supervisor/config.toml")
 ENV_PREFIX = "ADK_SUPERVISOR_"
@@ -165,6 +172,22 @@ class Settings(BaseSettings):
         if cls.toml_path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls.toml_path))
         return tuple(sources)
+
+
+# ADK_SUPERVISOR_* variables that are not settings: the config file's path, the
+# redis-server binary, and what the daemon hands its run processes.
+_NOT_SETTINGS = {"CONFIG", "REDIS_SERVER", "TASK_ID", "RUN", "PRELOAD"}
+
+
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
+    """``ADK_SUPERVISOR_*`` variables that name no setting (likely typos: they are ignored)."""
+    env = os.environ if environ is None else environ
+    known = {name.upper() for name in Settings.model_fields} | _NOT_SETTINGS
+    return sorted(
+        name
+        for name in env
+        if name.startswith(ENV_PREFIX) and name.removeprefix(ENV_PREFIX) not in known
+    )
 
 
 def find_config_path(path: Path | str | None = None) -> Path | None:

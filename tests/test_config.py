@@ -112,3 +112,14 @@ def test_check_config_accepts_a_valid_file(capsys: pytest.CaptureFixture[str]) -
     assert main(["check-config", "--config", str(ROOT / "examples/config.toml"), "--json"]) == 0
     out = capsys.readouterr().out
     assert '"weather": "examples.agents:weather_agent"' in out and '"socket_mode": "0600"' in out
+
+
+def test_misspelt_environment_variable_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ADK_SUPERVISOR_MAX_CONCURENT_RUNS", "2")
+    monkeypatch.setenv("ADK_SUPERVISOR_TASK_ID", "a-run-marker")  # not a setting, not a typo
+    assert main(["check-config", "--config", str(ROOT / "examples/config.toml")]) == 0
+    err = capsys.readouterr().err
+    assert "ADK_SUPERVISOR_MAX_CONCURENT_RUNS is set but names no setting" in err
+    assert "ADK_SUPERVISOR_TASK_ID" not in err
