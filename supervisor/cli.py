@@ -136,6 +136,16 @@ def _parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------- output
 
+
+def _print(text: str = "") -> None:
+    """print() to stdout that survives a reader leaving early (``| head``), so the
+    command still ends with its own exit code."""
+    try:
+        print(text)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 _FIRST = ("task_id", "state", "app", "user_id", "session_id", "reason", "exit_code", "signal",
           "node_id", "pid", "duration_s", "cpu_s", "max_rss_kb")  # fmt: skip
 
@@ -150,7 +160,7 @@ def _shown(key: str, value: Any) -> Any:
 
 def _emit(data: dict[str, Any], as_json: bool, *, ordered: bool = False) -> None:
     if as_json:
-        print(json.dumps(data, sort_keys=True))
+        _print(json.dumps(data, sort_keys=True))
         return
     if ordered:
         keys = list(data)
@@ -158,7 +168,7 @@ def _emit(data: dict[str, Any], as_json: bool, *, ordered: bool = False) -> None
         keys = [k for k in _FIRST if k in data] + sorted(k for k in data if k not in _FIRST)
     width = max(map(len, keys), default=0)
     for key in keys:
-        print(f"{key:<{width}}  {_shown(key, data[key])}")
+        _print(f"{key:<{width}}  {_shown(key, data[key])}")
 
 
 def _mib(size: int) -> str:
@@ -173,7 +183,7 @@ def _duration(seconds: float) -> str:
 
 def _runs_table(runs: list[dict[str, Any]]) -> None:
     if not runs:
-        print("no running runs")
+        _print("no running runs")
         return
     rows = [("TASK", "APP", "PID", "ELAPSED", "RSS", "CPU", "USER")]
     for run in runs:
@@ -184,7 +194,7 @@ def _runs_table(runs: list[dict[str, Any]]) -> None:
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        _print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _status_text(status: dict[str, Any]) -> None:
@@ -199,7 +209,7 @@ def _status_text(status: dict[str, Any]) -> None:
         "taking runs": "no (draining)" if status["draining"] else f"yes (max {status['max_concurrent_runs']} at once)",
         "counts": counts, "socket": status["socket_path"],
     }, False, ordered=True)  # fmt: skip
-    print()
+    _print()
     _runs_table(status["runs"])
 
 
@@ -274,13 +284,13 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
         except DaemonUnavailable:
             raise _no_daemon(socket) from None
         if args.json:
-            print(json.dumps(reply["runs"] if args.command == "ps" else reply, sort_keys=True))
+            _print(json.dumps(reply["runs"] if args.command == "ps" else reply, sort_keys=True))
         elif args.command == "status":
             _status_text(reply)
         elif args.command == "ps":
             _runs_table(reply["runs"])
         else:
-            print(f"draining: no new runs; {reply['running']} running runs go on to their end")
+            _print(f"draining: no new runs; {reply['running']} running runs go on to their end")
         return EXIT_OK
 
     # Prefer the local daemon; an explicit --redis-url means "Redis directly".
@@ -310,7 +320,7 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
                 if args.json:
                     _emit({"task_id": task_id}, True)
                 else:
-                    print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
+                    _print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
                 return EXIT_OK
             return await _wait(client, task_id, None, args.json)
         if args.command == "abort":
@@ -345,13 +355,15 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     data = settings.model_dump(mode="json")
     data["socket_mode"] = f"{settings.socket_mode:04o}"
     if args.json:
-        print(json.dumps({"ok": True, "source": str(source) if source else None, "settings": data}))
+        _print(
+            json.dumps({"ok": True, "source": str(source) if source else None, "settings": data})
+        )
         return EXIT_OK
-    print(f"configuration OK ({source or 'no file: built-in defaults'}, plus ADK_SUPERVISOR_* variables)")  # fmt: skip
+    _print(f"configuration OK ({source or 'no file: built-in defaults'}, plus ADK_SUPERVISOR_* variables)")  # fmt: skip
     apps = data.pop("apps")
     _emit(data, False)
     for name, ref in sorted(apps.items()):
-        print(f"app {name} = {ref}")
+        _print(f"app {name} = {ref}")
     return EXIT_OK
 
 
@@ -418,6 +430,3 @@ def _main(argv: Sequence[str] | None) -> int:
         raise
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `adk-supervisor status --json | head`: the reader left
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK

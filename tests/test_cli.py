@@ -68,9 +68,12 @@ def test_submit_prints_the_bare_task_id_and_wait_exits_by_state(daemon: Daemon) 
     # A reader that leaves early (`| head -1`) does not change wait's exit code.
     piped = subprocess.run(
         ["bash", "-c", f"{sys.executable} -m supervisor wait cli-slow | head -1; exit ${{PIPESTATUS[0]}}"],
-        env=daemon.env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        # Unbuffered: every line is its own write, so later ones meet the closed pipe.
+        env={**daemon.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
     )  # fmt: skip
     assert piped.returncode == 1 and piped.stdout.startswith("task_id")
+    assert "Traceback" not in piped.stderr
     again = daemon.cli("submit", A + "slow_agent", "go", "--user-id", "u", "--task-id", "cli-slow")
     assert again.returncode == 2 and "already exists" in again.stderr
 
