@@ -26,6 +26,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.child import RunSpec
 from agent_runtime.redis_connection import connect, redact_url
+from agent_runtime.session_sealing import seal_task_session
+from agent_runtime.session_service import RedisSessionService
 from agent_runtime.task_store import TaskState, TaskStore, parse_abort_payload
 
 from .config import Settings
@@ -116,7 +118,10 @@ class Supervisor:
             self.node_id, redact_url(self.redis_url), self.containment.name,
             self.settings.max_concurrent_runs,
         )  # fmt: skip
-        report = await reconcile_node(self.store, self.node_key, self.boot_id, self.containment)
+        report = await reconcile_node(
+            self.store, self.node_key, self.boot_id, self.containment,
+            session_ttl=self.settings.session_ttl_s,
+        )  # fmt: skip
         if report.failed:
             log.warning(
                 "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
@@ -461,6 +466,30 @@ class Supervisor:
             duration,
             fields.get("reason"),
         )
+        if run.kill is not None:
+            await self._seal_session(run, state, str(fields.get("reason", "")))
+
+    async def _seal_session(self, run: ActiveRun, state: TaskState, reason: str) -> None:
+        """Answers the killed run's dangling tool calls in its session, as ADK's abort would.
+
+        Runs after the kill and the record, so it never delays either; Redis
+        trouble is logged and skipped (the next turn still works, ADK drops
+        unanswered calls, but the model then does not see the abort).
+        """
+        try:
+            with anyio.fail_after(10):
+                record = await self.store.get(run.spec.task_id) or {}
+                sessions = RedisSessionService(
+                    redis_client=self.client,
+                    key_prefix=self.settings.key_prefix,
+                    session_ttl=self.settings.session_ttl_s,
+                )
+                sealed = await seal_task_session(
+                    sessions, run.spec.task_id, record, state.value, reason
+                )
+            log.info("task %s: session sealed with %d events", run.spec.task_id, len(sealed))
+        except Exception as exc:  # sealing is best effort; the record is already right
+            log.warning("task %s: session not sealed (%s)", run.spec.task_id, exc)
 
     async def _outcome(self, run: ActiveRun) -> tuple[TaskState, dict[str, object]]:
         status = run.wait_status if run.wait_status is not None else 0

@@ -20,6 +20,8 @@ from pathlib import Path
 import anyio
 import psutil
 
+from agent_runtime.session_sealing import seal_task_session
+from agent_runtime.session_service import RedisSessionService
 from agent_runtime.task_store import TaskStore
 
 from .process_tree import TASK_ENV, CgroupContainment, Containment, process_start_ticks
@@ -73,10 +75,43 @@ def _kill_proven(pid: int, start_ticks: int) -> bool:
         os.close(pidfd)
 
 
+async def _seal_orphans(
+    store: TaskStore, failures: dict[str, dict[str, object]], session_ttl: float | None
+) -> None:
+    """Seals the sessions of the runs this reconcile failed; best effort, never raises."""
+    sessions = RedisSessionService(
+        redis_client=store.client, key_prefix=store.key_prefix, session_ttl=session_ttl
+    )
+    ids = list(failures)
+    try:
+        records = await store.get_many(ids)
+    except Exception as exc:
+        log.warning("reconcile: sessions of orphaned runs not sealed (%s)", exc)
+        return
+    for task_id, record in zip(ids, records, strict=True):
+        reason = str(failures[task_id]["reason"])
+        # Only the records this reconcile moved (another writer may have ended one first).
+        if record is None or record.get("state") != "failed" or record.get("reason") != reason:
+            continue
+        try:
+            with anyio.fail_after(10):
+                await seal_task_session(sessions, task_id, record, "failed", reason)
+        except Exception as exc:
+            log.warning("task %s: session not sealed at reconcile (%s)", task_id, exc)
+
+
 async def reconcile_node(
-    store: TaskStore, node_key: str, boot: str, containment: Containment
+    store: TaskStore,
+    node_key: str,
+    boot: str,
+    containment: Containment,
+    *,
+    session_ttl: float | None = 3600,
 ) -> ReconcileReport:
-    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned."""
+    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned.
+
+    Then seals the failed runs' sessions (``session_ttl`` as the daemon's sessions).
+    """
     began = time.monotonic()
     raw_ids = await store.client.smembers(node_key)
     task_ids = sorted(t.decode() if isinstance(t, bytes) else t for t in raw_ids)
@@ -120,4 +155,6 @@ async def reconcile_node(
         await store.client.srem(node_key, *failures, *finished)
     for task_id, fields in failures.items():
         log.warning("task %s failed at reconcile: %s", task_id, fields["reason"])
+    if moved:
+        await _seal_orphans(store, failures, session_ttl)
     return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began)
