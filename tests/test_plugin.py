@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +38,7 @@ from .plugin_agents import (
 
 pytestmark = pytest.mark.anyio
 
+ROOT = Path(__file__).resolve().parent.parent
 TERMINAL = ("completed", "failed", "aborted", "timed_out")
 
 
@@ -262,3 +266,18 @@ async def test_supervised_child_adds_progress_and_leaves_state_to_the_daemon(
     assert record["tool_calls"] == "1" and record["model_calls"] == "2"
     assert record["invocation_id"] == events[-1].invocation_id and record["adk_app"] == "papp"
     assert await _terminal_events(store, "sup-1") == []
+
+
+async def test_example_plugin_app_runs_without_the_daemon(redis_url: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "examples.plugin_app", "--redis-url", redis_url,
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    async with asyncio.timeout(120):
+        out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    assert out.decode().splitlines() == [
+        "example-done completed - completed",
+        "example-aborted aborted - demo",
+        "example-timed-out timed_out - timed out after 1s",
+    ]
