@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +99,6 @@ async def _only_task(store: TaskStore) -> str:
     keys = [k.decode() async for k in store.client.scan_iter(f"{store.key_prefix}task:*")]
     assert len(keys) == 1, keys
     return keys[0].removeprefix(f"{store.key_prefix}task:")
-
-
-async def _wait(what: Callable[[], Awaitable[bool]], timeout: float = 30) -> None:
-    async with asyncio.timeout(timeout):
-        while not await what():
-            await asyncio.sleep(0.01)
 
 
 async def test_completed_run_is_recorded_with_progress(
