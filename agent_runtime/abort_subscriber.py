@@ -21,6 +21,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._tasks import stop_task
 from .redis_connection import as_text, connect
 from .task_store import TaskStore, parse_abort_payload
 
@@ -49,6 +50,7 @@ class AbortSubscriber:
         self._handlers: dict[str, list[AbortHandler]] = {}
         self._refs = 0
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self._ever_ready = False
         self.ready = asyncio.Event()
         """Set while the subscription is confirmed (cleared while reconnecting)."""
@@ -102,11 +104,11 @@ class AbortSubscriber:
     async def _run(self) -> None:
         prefix_len = len(self.pattern) - 1
         backoff = 0.05
-        while True:
+        while not self._closing:
             pubsub = self._client.pubsub()
             try:
                 await pubsub.psubscribe(self.pattern)
-                while True:
+                while not self._closing:
                     message: dict[str, Any] | None = await pubsub.get_message(timeout=None)
                     if message is None:
                         continue
@@ -142,11 +144,9 @@ class AbortSubscriber:
         for key, sub in list(_subscribers.items()):
             if sub is self:
                 del _subscribers[key]
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        self._closing = True
+        await stop_task(self._task)
+        self._task = None
         await self._client.aclose()
 
 

@@ -40,6 +40,7 @@ from google.adk.tools.tool_context import ToolContext
 from google.genai import types
 from redis.exceptions import RedisError
 
+from ._tasks import stop_task
 from .abort_subscriber import AbortHandler, AbortSubscriber, acquire_abort_subscriber
 from .child import TASK_ENV
 from .plugin_recovery import ProcessHeartbeat, new_owner_id, recover_dead, running_index_key
@@ -218,7 +219,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         return [t.task_id for t in recovered]
 
     async def _recover_periodically(self) -> None:
-        while True:
+        while self._recovery is not None:
             await asyncio.sleep(self.recovery_interval_s)
             try:
                 await self.recover_crashed()
@@ -227,11 +228,8 @@ class RedisOrchestrationPlugin(BasePlugin):
 
     async def close(self) -> None:
         """Stops the heartbeat, recovery and the abort subscription (the runner calls this)."""
-        if self._recovery is not None:
-            self._recovery.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._recovery
-            self._recovery = None
+        recovery, self._recovery = self._recovery, None  # also the loop's stop flag
+        await stop_task(recovery)
         if self._heartbeat is not None:
             await self._heartbeat.stop()
             self._heartbeat = None

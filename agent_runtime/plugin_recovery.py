@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._tasks import stop_task
 from .redis_connection import as_text
 from .task_store import TaskState, TaskStore
 
@@ -69,6 +70,7 @@ class ProcessHeartbeat:
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.key = heartbeat_key(store.key_prefix, owner)
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     async def beat(self) -> None:
         """Writes the heartbeat once."""
@@ -76,7 +78,7 @@ class ProcessHeartbeat:
         await self.store.client.set(self.key, value, px=self.ttl_ms)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.beat()
             except _REDIS_DOWN as exc:
@@ -86,17 +88,16 @@ class ProcessHeartbeat:
     def start(self) -> None:
         """Starts the refresh loop on the running event loop (idempotent)."""
         if self._task is None or self._task.done():
+            self._stopping = False
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name=f"adk-plugin-heartbeat:{self.owner}"
             )
 
     async def stop(self) -> None:
         """Stops refreshing and deletes the key (a clean exit is not a crash)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
         with contextlib.suppress(*_REDIS_DOWN):
             await self.store.client.delete(self.key)
 
