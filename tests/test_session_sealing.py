@@ -130,3 +130,41 @@ async def test_daemon_abort_mid_tool_seals_session_for_the_next_turn(
         for c in contents for p in c.parts or []
     )  # fmt: skip
     assert "session sealed with 2 events" in daemon.log()
+
+
+async def test_reconcile_seals_the_session_of_an_orphan_it_fails(
+    tmp_path: Path, sessions: RedisSessionService, redis_url: str, key_prefix: str
+) -> None:
+    first = Daemon(redis_url, key_prefix, tmp_path / "a", "pgroup")
+    first.start()
+    try:
+        async with SupervisorClient(redis_url, key_prefix) as client:
+            task = await client.submit(
+                "examples.agents:slow_agent", "go", user_id="u", session_id="chat-2"
+            )
+            async with asyncio.timeout(60):  # the run sits in its slow tool
+                while True:
+                    s = await sessions.get_session(
+                        app_name="slow", user_id="u", session_id="chat-2"
+                    )
+                    if s is not None and any(e.get_function_calls() for e in s.events):
+                        break
+                    await asyncio.sleep(0.05)
+            first.kill9()  # the run dies with its daemon (parent-death signal)
+            second = Daemon(redis_url, key_prefix, tmp_path / "b", "pgroup", node_id=first.node_id)
+            second.start()  # reconcile fails the orphan, then seals its session
+            try:
+                record = await client.get(task)
+                assert record["state"] == "failed" and record["reason"].startswith("orphaned:")
+            finally:
+                second.stop()
+    finally:
+        first.stop()
+    s = await sessions.get_session(app_name="slow", user_id="u", session_id="chat-2")
+    assert s is not None
+    call = next(c for e in s.events for c in e.get_function_calls())
+    answers = [r.response for e in s.events for r in e.get_function_responses() if r.id == call.id]
+    assert answers == [{"error": ABORT_MESSAGE}]
+    seal = (s.events[-1].custom_metadata or {})[SEAL_METADATA_KEY]
+    assert (seal["state"], seal["task_id"]) == ("failed", task)
+    assert seal["reason"] == record["reason"]
