@@ -4,7 +4,9 @@ The daemon passes the run as JSON in ``$ADK_SUPERVISOR_RUN``. The child builds
 an ADK Runner on :class:`RedisSessionService`, creates the session if it does not
 exist, runs one invocation with the message and exits 0; if the agent raises,
 it writes the error to the task record (``error``) and exits 1. The daemon owns
-the record's state: the child never moves it.
+the record's state: the child never moves it. It records the ADK app name
+(``adk_app``) and the invocation id (``invocation_id``), which the daemon needs
+to seal the session after it killed the run.
 """
 
 from __future__ import annotations
@@ -56,9 +58,13 @@ async def run(spec: RunSpec) -> None:
 
     from .app_loader import load_app
     from .session_service import RedisSessionService
+    from .task_store import TaskStore
 
     loaded = load_app(spec.app_ref, spec.app_name)
     async with RedisSessionService(spec.redis_url, spec.key_prefix, spec.session_ttl) as sessions:
+        store = TaskStore(sessions.redis, spec.key_prefix)
+        # Before anything touches the session: a run killed later can be sealed.
+        await store.update(spec.task_id, {"adk_app": loaded.name})
         if loaded.app is not None:
             runner = Runner(app=loaded.app, app_name=loaded.name, session_service=sessions)
         else:
@@ -71,10 +77,16 @@ async def run(spec: RunSpec) -> None:
                 app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
             )
         message = types.Content(role="user", parts=[types.Part(text=spec.message)])
-        async for _event in runner.run_async(
-            user_id=spec.user_id, session_id=spec.session_id, new_message=message
+        invocation_id = None
+        async for event in runner.run_async(
+            user_id=spec.user_id,
+            session_id=spec.session_id,
+            new_message=message,
+            yield_user_message=True,  # its invocation id is known before any agent runs
         ):
-            pass
+            if invocation_id is None and event.invocation_id:
+                invocation_id = event.invocation_id
+                await store.update(spec.task_id, {"invocation_id": invocation_id})
         await runner.close()
 
 

@@ -27,6 +27,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.child import RunSpec
 from agent_runtime.redis_connection import connect, redact_url
+from agent_runtime.session_sealing import seal_task_session
+from agent_runtime.session_service import RedisSessionService
 from agent_runtime.task_store import TaskState, TaskStore, check_task_id, parse_abort_payload
 
 from .config import Settings
@@ -39,7 +41,7 @@ from .process_tree import (
     process_start_ticks,
     set_child_subreaper,
 )
-from .reconcile import reconcile_node
+from .reconcile import reconcile_node, seal_orphans
 from .sd_notify import SdNotifier
 from .spawner import ExecSpawner, ForkServerSpawner, Spawner
 
@@ -155,6 +157,9 @@ class Supervisor(OperatorMixin):
                 tg.start_soon(self._flush_outbox)
                 await tg.start(self._listen_aborts)
                 tg.start_soon(self._consume, tg)
+                if report.failures:
+                    tg.start_soon(seal_orphans, self.store, report.failures,
+                                  self.settings.session_ttl_s)  # fmt: skip
                 await self._start_operator_tasks(tg)
                 log.info("ready: reconcile done, abort subscription up, taking runs")
                 task_status.started()
@@ -556,6 +561,30 @@ class Supervisor(OperatorMixin):
             "task %s %s after %.2fs%s: %s",
             run.spec.task_id, state.value, duration, killed, fields.get("reason"),
         )  # fmt: skip
+        if run.kill is not None:
+            await self._seal_session(run, state, str(fields.get("reason", "")))
+
+    async def _seal_session(self, run: ActiveRun, state: TaskState, reason: str) -> None:
+        """Answers the killed run's dangling tool calls in its session, as ADK's abort would.
+
+        Runs after the kill and the record, so it never delays either; Redis
+        trouble is logged and skipped (the next turn still works, ADK drops
+        unanswered calls, but the model then does not see the abort).
+        """
+        try:
+            with anyio.fail_after(10):
+                record = await self.store.get(run.spec.task_id) or {}
+                sessions = RedisSessionService(
+                    redis_client=self.client,
+                    key_prefix=self.settings.key_prefix,
+                    session_ttl=self.settings.session_ttl_s,
+                )
+                sealed = await seal_task_session(
+                    sessions, run.spec.task_id, record, state.value, reason
+                )
+            log.info("task %s: session sealed with %d events", run.spec.task_id, len(sealed))
+        except Exception as exc:  # sealing is best effort; the record is already right
+            log.warning("task %s: session not sealed (%s)", run.spec.task_id, exc)
 
     async def _outcome(self, run: ActiveRun) -> tuple[TaskState, dict[str, object]]:
         status = run.wait_status if run.wait_status is not None else 0

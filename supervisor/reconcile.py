@@ -14,17 +14,20 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import psutil
 
+from agent_runtime.session_sealing import seal_task_session
+from agent_runtime.session_service import RedisSessionService
 from agent_runtime.task_store import TaskStore
 
 from .process_tree import TASK_ENV, CgroupContainment, Containment, process_start_ticks
 
-__all__ = ["ReconcileReport", "reconcile_node"]
+__all__ = ["ReconcileReport", "reconcile_node", "seal_orphans"]
 
 log = logging.getLogger("adk_supervisor")
 
@@ -40,6 +43,7 @@ class ReconcileReport:
     failed: int
     killed: int
     seconds: float
+    failures: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
 
 def _kill_marked(task_ids: set[str]) -> None:
@@ -74,10 +78,45 @@ def _kill_proven(pid: int, start_ticks: int) -> bool:
         os.close(pidfd)
 
 
+async def seal_orphans(
+    store: TaskStore, failures: Mapping[str, Mapping[str, object]], session_ttl: float | None
+) -> None:
+    """Seals the sessions of the runs a reconcile failed; best effort, never raises.
+
+    The daemon runs it in the background once it is serving: with thousands of
+    orphans, sealing must not hold back the start.
+    """
+    sessions = RedisSessionService(
+        redis_client=store.client, key_prefix=store.key_prefix, session_ttl=session_ttl
+    )
+    ids = list(failures)
+    try:
+        records = await store.get_many(ids)
+    except Exception as exc:
+        log.warning("reconcile: sessions of orphaned runs not sealed (%s)", exc)
+        return
+    for task_id, record in zip(ids, records, strict=True):
+        reason = str(failures[task_id]["reason"])
+        # Only the records this reconcile moved (another writer may have ended one first).
+        if record is None or record.get("state") != "failed" or record.get("reason") != reason:
+            continue
+        try:
+            with anyio.fail_after(10):
+                await seal_task_session(sessions, task_id, record, "failed", reason)
+        except Exception as exc:
+            log.warning("task %s: session not sealed at reconcile (%s)", task_id, exc)
+
+
 async def reconcile_node(
-    store: TaskStore, node_key: str, boot: str, containment: Containment
+    store: TaskStore,
+    node_key: str,
+    boot: str,
+    containment: Containment,
 ) -> ReconcileReport:
-    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned."""
+    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned.
+
+    The report's ``failures`` are the records moved, for :func:`seal_orphans`.
+    """
     began = time.monotonic()
     raw_ids = await store.client.smembers(node_key)
     task_ids = sorted(t.decode() if isinstance(t, bytes) else t for t in raw_ids)
@@ -123,4 +162,4 @@ async def reconcile_node(
         await store.client.srem(node_key, *failures, *finished)
     for task_id, fields in failures.items():
         log.warning("task %s failed at reconcile: %s", task_id, fields["reason"])
-    return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began)
+    return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began, failures)

@@ -1,0 +1,148 @@
+"""Process heartbeats and crash recovery for tasks the orchestration plugin runs in-process.
+
+Every process running the plugin owns the tasks it registers: the hash
+``<prefix>plugin-running`` maps each ``running`` task id to its owner (so
+recovery never SCANs), and the owner keeps ``<prefix>plugin-heartbeat:<owner>``
+alive with a TTL. A process whose heartbeat expired is dead; :func:`recover_dead`
+fails its tasks through the task store's compare-and-set (``failed`` only from
+``running``), so when several processes recover at once each task is failed
+exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._tasks import stop_task
+from .redis_connection import as_text
+from .task_store import TaskState, TaskStore
+
+__all__ = ["ProcessHeartbeat", "RecoveredTask", "new_owner_id", "recover_dead", "running_index_key"]
+
+log = logging.getLogger("adk_supervisor")
+
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+# KEYS: index hash. ARGV: owner, task ids. Removes the entries still owned by ARGV[1].
+_DROP_OWNED = r"""
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
+
+
+def new_owner_id() -> str:
+    """A process identity that PID reuse cannot repeat: host, PID and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def running_index_key(key_prefix: str) -> str:
+    """The hash of plugin tasks in ``running``: task id -> owner."""
+    return f"{key_prefix}plugin-running"
+
+
+def heartbeat_key(key_prefix: str, owner: str) -> str:
+    """The key whose existence says ``owner`` is alive."""
+    return f"{key_prefix}plugin-heartbeat:{owner}"
+
+
+class ProcessHeartbeat:
+    """Refreshes this process's heartbeat key every ``ttl_s / 3`` seconds until stopped."""
+
+    def __init__(self, store: TaskStore, owner: str, ttl_s: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.ttl_ms = max(1, int(ttl_s * 1000))
+        self.key = heartbeat_key(store.key_prefix, owner)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def beat(self) -> None:
+        """Writes the heartbeat once."""
+        value = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "at": time.time()})
+        await self.store.client.set(self.key, value, px=self.ttl_ms)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.beat()
+            except _REDIS_DOWN as exc:
+                log.warning("plugin heartbeat not written (%s); retrying", exc)
+            await asyncio.sleep(self.ttl_ms / 3000)
+
+    def start(self) -> None:
+        """Starts the refresh loop on the running event loop (idempotent)."""
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name=f"adk-plugin-heartbeat:{self.owner}"
+            )
+
+    async def stop(self) -> None:
+        """Stops refreshing and deletes the key (a clean exit is not a crash)."""
+        self._stopping = True
+        await stop_task(self._task)
+        self._task = None
+        with contextlib.suppress(*_REDIS_DOWN):
+            await self.store.client.delete(self.key)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredTask:
+    """A task this process moved to ``failed`` because its owner died."""
+
+    task_id: str
+    owner: str
+    reason: str
+
+
+async def recover_dead(store: TaskStore, me: str) -> list[RecoveredTask]:
+    """Fails the ``running`` tasks of every owner whose heartbeat expired; returns those moved.
+
+    Only the transitions this process applied are returned: a task another
+    recovering process failed first (or that ended meanwhile) is not.
+    """
+    index = running_index_key(store.key_prefix)
+    raw = await store.client.hgetall(index)
+    by_owner: dict[str, list[str]] = {}
+    for task_id, owner in raw.items():
+        by_owner.setdefault(as_text(owner), []).append(as_text(task_id))
+    owners = [o for o in by_owner if o != me]
+    if not owners:
+        return []
+    async with store.client.pipeline(transaction=False) as pipe:
+        for owner in owners:
+            pipe.exists(heartbeat_key(store.key_prefix, owner))
+        alive = await pipe.execute()
+    recovered: list[RecoveredTask] = []
+    for owner, live in zip(owners, alive, strict=True):
+        if live:
+            continue
+        reason = f"recovered: process {owner} stopped heartbeating while running the task"
+        for task_id in by_owner[owner]:
+            moved = await store.transition(
+                task_id,
+                TaskState.FAILED,
+                {"reason": reason, "recovered_by": me},
+                allowed_from=(TaskState.RUNNING,),
+            )
+            if moved.applied:
+                recovered.append(RecoveredTask(task_id, owner, reason))
+                log.warning("task %s failed by crash recovery: %s", task_id, reason)
+        await store.client.eval(_DROP_OWNED, 1, index, owner, *by_owner[owner])
+    return recovered
