@@ -205,7 +205,7 @@ def _status_text(status: dict[str, Any]) -> None:
         "node": status["node_id"], "version": status["version"], "pid": status["pid"],
         "uptime": _duration(status["uptime_s"]),
         "redis": f"{redis['url']} ({link}{', embedded' if redis['embedded'] else ''})",
-        "kill mechanism": status["kill_mechanism"],
+        "kill mechanism": status["kill_mechanism"], "spawner": status.get("spawner", "?"),
         "taking runs": "no (draining)" if status["draining"] else f"yes (max {status['max_concurrent_runs']} at once)",
         "counts": counts, "socket": status["socket_path"],
     }, False, ordered=True)  # fmt: skip

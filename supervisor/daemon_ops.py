@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .daemon import ActiveRun
     from .process_tree import Containment
+    from .spawner import Spawner
 
 __all__ = ["OperatorMixin", "heartbeat_key", "package_version"]
 
@@ -87,6 +88,7 @@ class OperatorMixin:
         store: TaskStore
         stream: str
         containment: Containment | None
+        spawner: Spawner
         runs: dict[str, ActiveRun]
         pid: int
         started_at: float
@@ -147,6 +149,7 @@ class OperatorMixin:
                 "embedded": self.embedded_redis,
             },
             "kill_mechanism": self.containment.name if self.containment else None,
+            "spawner": self.spawner.name,
             "draining": self.draining,
             "max_concurrent_runs": self.settings.max_concurrent_runs,
             "counts": {TaskState.RUNNING.value: len(runs), **self.finished_counts},

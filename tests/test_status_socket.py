@@ -89,6 +89,7 @@ def test_ping_and_status_describe_the_node(daemon: Daemon) -> None:
     status = _request(daemon, cmd="status")
     assert status["ok"] and status["node_id"] == daemon.node_id and status["pid"] == daemon.pid
     assert status["redis"]["connected"] is True and status["kill_mechanism"] in ("cgroup", "pgroup")
+    assert status["spawner"] == "fork-server"
     assert status["version"] and status["uptime_s"] >= 0 and "running" in status["counts"]
 
 
