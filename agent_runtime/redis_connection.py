@@ -8,13 +8,26 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError
+from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["RedisUnavailableError", "as_text", "connect", "redact_url", "translate_redis_errors"]
+__all__ = [
+    "REDIS_ERRORS",
+    "RedisUnavailableError",
+    "as_text",
+    "connect",
+    "redact_url",
+    "translate_redis_errors",
+]
 
 _SCHEMES = ("redis", "rediss", "unix")
+
+# Everything a Redis call can raise that is Redis's trouble, not a bug of ours:
+# lost connections and timeouts, and error replies such as OOM (maxmemory),
+# READONLY (a failover) or MISCONF (disk full). Background loops catch these,
+# log, back off and go on; they never let one end the process's work.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, ConnectionError, TimeoutError, OSError)
 
 
 class RedisUnavailableError(ConnectionError):
@@ -26,8 +39,11 @@ class RedisUnavailableError(ConnectionError):
 
 
 def as_text(value: bytes | str) -> str:
-    """A Redis reply as ``str``, whether the client decodes replies or not."""
-    return value.decode() if isinstance(value, bytes) else value
+    """A Redis reply as ``str``, whether the client decodes replies or not.
+
+    Bytes that are not UTF-8 (anyone can write anything to Redis) become U+FFFD.
+    """
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def redact_url(url: str) -> str:

@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    node_dead_after_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     apps: dict[str, str] = Field(default_factory=dict)
@@ -136,6 +137,16 @@ class Settings(BaseSettings):
                     f"app {name!r} = {ref!r}: must be an import path 'package.module:attribute'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _peer_timing(self) -> Settings:
+        # A heartbeat key lives 3 intervals: a shorter dead-after would take over live peers.
+        if self.node_dead_after_s <= 3 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"node_dead_after_s ({self.node_dead_after_s:g}) must exceed 3 x "
+                f"heartbeat_interval_s ({3 * self.heartbeat_interval_s:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> Settings:

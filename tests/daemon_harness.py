@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import psutil
+
+from supervisor.client import SupervisorClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,3 +112,16 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+async def until_state(
+    client: SupervisorClient, task_id: str, state: str, timeout: float = 60
+) -> dict[str, str]:
+    """The task's record once it is in ``state``; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        record = await client.store.get(task_id)
+        if record and record.get("state") == state:
+            return record
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{task_id} never reached {state}: {await client.store.get(task_id)}")

@@ -8,8 +8,7 @@ import grp
 import json
 import signal
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -17,7 +16,7 @@ import pytest
 
 from supervisor.client import SupervisorClient
 
-from .daemon_harness import Daemon
+from .daemon_harness import Daemon, until_state
 
 pytestmark = pytest.mark.anyio
 
@@ -44,22 +43,6 @@ def start_daemon(
         daemon.stop()
 
 
-@pytest.fixture
-async def client(redis_url: str, key_prefix: str) -> AsyncIterator[SupervisorClient]:
-    async with SupervisorClient(redis_url, key_prefix) as c:
-        yield c
-
-
-async def _until_state(client: SupervisorClient, task_id: str, state: str) -> dict[str, str]:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = await client.store.get(task_id)
-        if record and record.get("state") == state:
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{task_id} never reached {state}: {await client.store.get(task_id)}")
-
-
 def _signal_and_wait(daemon: Daemon, sig: int) -> int:
     assert daemon.proc is not None
     daemon.proc.send_signal(sig)
@@ -72,7 +55,7 @@ async def test_shutdown_kill_records_aborted_and_exits_0(
 ) -> None:
     daemon = start_daemon()
     task = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     assert _signal_and_wait(daemon, sig) == 0
     record = await client.get(task)
     assert record["state"] == "aborted" and record["reason"] == "supervisor shutting down"
@@ -88,7 +71,7 @@ async def test_shutdown_drain_lets_runs_finish(
 ) -> None:
     daemon = start_daemon(ADK_SUPERVISOR_ON_SHUTDOWN="drain", ADK_EXAMPLE_HOLD_S="3")
     task = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     assert _signal_and_wait(daemon, signal.SIGTERM) == 0
     assert (await client.get(task))["state"] == "completed"
     assert "shutting down (on_shutdown=drain): 1 running runs" in daemon.log()
@@ -99,7 +82,7 @@ async def test_shutdown_drain_deadline_kills_the_rest(
 ) -> None:
     daemon = start_daemon(ADK_SUPERVISOR_ON_SHUTDOWN="drain", ADK_SUPERVISOR_DRAIN_TIMEOUT_S="1")
     task = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     assert _signal_and_wait(daemon, signal.SIGTERM) == 0
     record = await client.get(task)
     assert record["state"] == "aborted" and "drain deadline of 1s passed" in record["reason"]
@@ -110,7 +93,7 @@ async def test_drain_over_the_socket_stops_taking_runs(
 ) -> None:
     daemon = start_daemon(ADK_EXAMPLE_HOLD_S="3")
     running = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, running, "running")
+    await until_state(client, running, "running")
     drained = daemon.cli("drain")
     assert drained.returncode == 0 and "1 running runs go on" in drained.stdout
     later = await client.submit(A + "weather_agent", "after drain", user_id="u")

@@ -10,7 +10,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -24,7 +24,7 @@ from supervisor.client import SupervisorClient
 from supervisor.process_tree import boot_id, find_writable_cgroup2, process_start_ticks
 from supervisor.redis_server import RedisServer
 
-from .daemon_harness import Daemon
+from .daemon_harness import Daemon, until_state
 
 pytestmark = pytest.mark.anyio
 
@@ -59,24 +59,6 @@ def start_daemon(
     yield start
     for daemon in daemons:
         daemon.stop()
-
-
-@pytest.fixture
-async def client(redis_url: str, key_prefix: str) -> AsyncIterator[SupervisorClient]:
-    async with SupervisorClient(redis_url, key_prefix) as c:
-        yield c
-
-
-async def _until_state(
-    client: SupervisorClient, task_id: str, state: str, timeout: float = 30
-) -> dict[str, str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        record = await client.store.get(task_id)
-        if record and record.get("state") == state:
-            return record
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{task_id} never reached {state}: {await client.store.get(task_id)}")
 
 
 def _gone(pids: list[int], timeout: float = 5) -> bool:
@@ -138,7 +120,7 @@ async def test_abort_kills_setsid_double_forked_grandchild(
 ) -> None:
     daemon = start_daemon(mechanism, ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
     task = await client.submit(A + "setsid_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     deadline = time.monotonic() + 30
     while len(_marked(task)) < 2 and time.monotonic() < deadline:  # leader + escaped grandchild
         await asyncio.sleep(0.05)
@@ -166,7 +148,7 @@ async def test_abort_of_fifty_process_tree(
 ) -> None:
     start_daemon(mechanism)
     task = await client.submit(A + "fork50_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     deadline = time.monotonic() + 30
     while len(_marked(task)) < 51 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -194,7 +176,7 @@ async def test_abort_of_queued_run_never_starts(
 ) -> None:
     start_daemon(ADK_SUPERVISOR_MAX_CONCURRENT_RUNS="1")
     busy = await client.submit(A + "slow_agent", "hold the only slot", user_id="u")
-    await _until_state(client, busy, "running")
+    await until_state(client, busy, "running")
     queued = await client.submit(A + "weather_agent", "never", user_id="u")
     await client.abort(queued, "changed my mind")
     await client.abort(busy, "free the slot")
@@ -210,7 +192,7 @@ async def test_non_json_and_unknown_aborts_keep_daemon_serving(
     publisher = redis.Redis.from_url(redis_url)
     publisher.publish(f"{key_prefix}abort:no-such-task", "{not json")
     task = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     publisher.publish(f"{key_prefix}abort:{task}", b"\xff\xfe plain bytes")
     publisher.close()
     record = await client.wait(task, 30)
@@ -227,7 +209,7 @@ async def test_abort_published_while_subscriber_is_disconnected_is_honoured(
 ) -> None:
     start_daemon()
     task = await client.submit(A + "slow_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     admin = aioredis.Redis.from_url(redis_url)
     await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
     heard = await client.abort(task, "while away")  # nobody subscribed: only the mark survives
@@ -243,7 +225,7 @@ async def test_abort_racing_normal_exit_gives_one_terminal_state(
     start_daemon()
     tasks = [await client.submit(A + "exit3_agent", "go", user_id="u") for _ in range(4)]
     for task in tasks:
-        await _until_state(client, task, "running")
+        await until_state(client, task, "running")
     for task in tasks:
         await client.abort(task, "race")
     states = {t: (await client.wait(t, 60))["state"] for t in tasks}
@@ -263,7 +245,7 @@ async def test_daemon_kill9_then_restart_fails_orphans_and_leaves_no_process(
 ) -> None:
     daemon = start_daemon(mechanism)
     task = await client.submit(A + "setsid_agent", "go", user_id="u")
-    await _until_state(client, task, "running")
+    await until_state(client, task, "running")
     deadline = time.monotonic() + 30
     while len(_marked(task)) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -271,7 +253,7 @@ async def test_daemon_kill9_then_restart_fails_orphans_and_leaves_no_process(
     daemon.kill9()
     assert _gone([leader]), "the run leader outlived its daemon"
     restarted = start_daemon(mechanism, node_id=daemon.node_id)
-    record = await _until_state(client, task, "failed")
+    record = await until_state(client, task, "failed")
     assert record["reason"].startswith("orphaned:")
     assert _gone(_marked(task)), f"leaked: {_marked(task)}"
     assert "failed at reconcile" in restarted.log()
@@ -290,7 +272,7 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
         })  # fmt: skip
         await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
         start_daemon(node_id=node)
-        record = await _until_state(client, "planted", "failed")
+        record = await until_state(client, "planted", "failed")
         assert record["reason"] == (
             f"orphaned: process {stranger.pid} is gone (its PID now names another process)"
         )
@@ -306,7 +288,7 @@ async def test_terminal_state_written_after_redis_comes_back(
     daemon = start_daemon(url=private_redis.url)
     async with SupervisorClient(private_redis.url, key_prefix) as c:
         task = await c.submit(A + "slow_agent", "go", user_id="u", timeout_s=6)
-        await _until_state(c, task, "running")
+        await until_state(c, task, "running")
         async with RedisSessionService(private_redis.url, key_prefix) as sessions:
             # Stop Redis only once the agent sits in its slow tool (it needs Redis until then).
             for _ in range(500):
@@ -320,7 +302,7 @@ async def test_terminal_state_written_after_redis_comes_back(
         assert _gone(tree, timeout=15), "timeout kill waited for Redis"
         await asyncio.sleep(1)
         private_redis.start()
-        record = await _until_state(c, task, "timed_out", timeout=30)
+        record = await until_state(c, task, "timed_out", timeout=30)
         assert record["signal"] == "SIGKILL"
     assert "written after Redis came back" in daemon.log()
 
@@ -332,7 +314,7 @@ async def test_kill_grace_sends_sigterm_first_then_sigkill(
     polite = await client.submit(A + "slow_agent", "go", user_id="u")
     stubborn = await client.submit(A + "term_ignoring_agent", "go", user_id="u")
     for task in (polite, stubborn):
-        await _until_state(client, task, "running")
+        await until_state(client, task, "running")
     # The stubborn agent installs its SIGTERM handler before its first event.
     async with RedisSessionService(redis_url, key_prefix) as sessions:
         for _ in range(1500):
@@ -389,7 +371,7 @@ async def test_raw_abort_while_the_run_is_starting_is_not_lost(
     # The fork server preloads an app that takes 3 s to import: the run waits in `starting`.
     daemon = start_daemon(ADK_SUPERVISOR_APPS=json.dumps({"slow": "tests.slow_import_app:agent"}))
     task = await client.submit("slow", "hi", user_id="u")
-    await _until_state(client, task, "starting")
+    await until_state(client, task, "starting")
     # A bare PUBLISH leaves no durable mark: only the daemon's memory can keep it.
     publisher = redis.Redis.from_url(redis_url)
     publisher.publish(f"{key_prefix}abort:{task}", '{"action": "abort", "reason": "too early"}')

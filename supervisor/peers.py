@@ -1,0 +1,140 @@
+"""Peer reconcile: supervisors sharing one Redis take over the work of a node that is gone.
+
+Every daemon registers its node in ``<prefix>nodes`` and keeps
+``<prefix>node:<node_id>:heartbeat`` alive. A daemon that sees a peer's
+heartbeat missing for ``node_dead_after_s``, timed on its own monotonic clock
+from the first time it saw it missing (so a Redis restart that lost every
+heartbeat is not taken for a mass death), takes the peer's work over:
+
+- it fails the peer's ``starting``/``running`` records as
+  ``orphaned: node <id> stopped heartbeating`` through the task store's
+  compare-and-set, so when several peers notice at once each task fails once;
+- it claims the runs the peer took off the stream but never started (the
+  peer's pending entries), so they run here;
+- it removes the peer from the registry and from the consumer group.
+
+It never signals the peer's processes: they are on another host. A daemon's
+runs die with it (parent-death signal), and a daemon that was only cut off from
+Redis kills, once it is back, every run whose record a peer ended meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from agent_runtime.redis_connection import as_text
+from agent_runtime.task_store import TaskStore
+
+__all__ = ["PeerWatch", "Takeover", "node_heartbeat_key", "node_tasks_key", "nodes_key"]
+
+log = logging.getLogger("adk_supervisor")
+
+_LIVE_STATES = ("starting", "running")
+
+
+def nodes_key(key_prefix: str) -> str:
+    """The set of node ids that run (or ran) a daemon on this Redis."""
+    return f"{key_prefix}nodes"
+
+
+def node_tasks_key(key_prefix: str, node_id: str) -> str:
+    """The set of a node's non-terminal tasks, read by its reconcile and by peers."""
+    return f"{key_prefix}node:{node_id}:tasks"
+
+
+def node_heartbeat_key(key_prefix: str, node_id: str) -> str:
+    """``<prefix>node:<node_id>:heartbeat``: exists while the node's daemon reaches Redis."""
+    return f"{key_prefix}node:{node_id}:heartbeat"
+
+
+@dataclass(frozen=True, slots=True)
+class Takeover:
+    """What taking over one gone node did."""
+
+    node_id: str
+    failed: dict[str, dict[str, object]]
+    claimed: int
+
+
+class PeerWatch:
+    """Notices nodes whose daemon is gone and takes their work over; one per daemon."""
+
+    def __init__(
+        self, store: TaskStore, stream: str, group: str, node_id: str, dead_after_s: float
+    ) -> None:
+        self.store = store
+        self.stream = stream
+        self.group = group
+        self.node_id = node_id
+        self.dead_after_s = dead_after_s
+        self._missing_since: dict[str, float] = {}
+
+    async def register(self) -> None:
+        """Adds this node to the registry peers watch."""
+        await self.store.client.sadd(nodes_key(self.store.key_prefix), self.node_id)
+
+    async def sweep(self) -> list[Takeover]:
+        """One look at every peer; takes over those gone for ``dead_after_s``."""
+        prefix = self.store.key_prefix
+        client = self.store.client
+        peers = sorted(
+            node
+            for node in map(as_text, await client.smembers(nodes_key(prefix)))
+            if node != self.node_id
+        )
+        if not peers:
+            return []
+        async with client.pipeline(transaction=False) as pipe:
+            for node in peers:
+                pipe.exists(node_heartbeat_key(prefix, node))
+            alive = await pipe.execute()
+        now = time.monotonic()
+        done = []
+        for node, live in zip(peers, alive, strict=True):
+            if live:
+                self._missing_since.pop(node, None)
+                continue
+            since = self._missing_since.setdefault(node, now)
+            if now - since >= self.dead_after_s:
+                done.append(await self._take_over(node, now - since))
+                self._missing_since.pop(node, None)
+        return done
+
+    async def _take_over(self, node: str, missing_s: float) -> Takeover:
+        prefix = self.store.key_prefix
+        client = self.store.client
+        tasks_key = node_tasks_key(prefix, node)
+        task_ids = sorted(map(as_text, await client.smembers(tasks_key)))
+        records = await self.store.fields_many(task_ids, ("state", "node_id"))
+        reason = (
+            f"orphaned: node {node} stopped heartbeating (no supervisor seen for "
+            f"{missing_s:.0f}s; taken over by {self.node_id})"
+        )
+        failures: dict[str, dict[str, object]] = {
+            task_id: {"reason": reason}
+            for task_id, record in zip(task_ids, records, strict=True)
+            if record.get("state") in _LIVE_STATES and record.get("node_id") == node
+        }
+        moved = await self.store.fail_many(failures)
+        if task_ids:
+            await client.srem(tasks_key, *task_ids)
+        # Runs the peer read but never started wait in its pending list: claim them.
+        claimed = 0
+        while True:
+            pending = await client.xpending_range(
+                self.stream, self.group, min="-", max="+", count=100, consumername=node
+            )
+            if not pending:
+                break
+            ids: list[bytes | str | int | memoryview[int]] = [p["message_id"] for p in pending]
+            await client.xclaim(self.stream, self.group, self.node_id, 0, ids)
+            claimed += len(ids)
+        await client.xgroup_delconsumer(self.stream, self.group, node)
+        await client.srem(nodes_key(prefix), node)
+        log.warning(
+            "took over node %s (no heartbeat for %.0fs): %d runs failed as orphaned, "
+            "%d queued runs claimed", node, missing_s, moved, claimed,
+        )  # fmt: skip
+        return Takeover(node, failures, claimed)

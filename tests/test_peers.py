@@ -1,0 +1,110 @@
+"""Several supervisors on one Redis: a peer takes over the work of a node that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent_runtime.task_store import TERMINAL_STATES, TaskState
+from supervisor.client import SupervisorClient
+from supervisor.daemon import RUNS_GROUP, runs_stream
+from supervisor.peers import node_tasks_key, nodes_key
+from supervisor.process_tree import boot_id
+
+from .daemon_harness import Daemon, until_state
+
+pytestmark = pytest.mark.anyio
+
+A = "examples.agents:"
+# Fast peer timing: heartbeats every 0.3 s, a node is gone after 1.5 s without one.
+FAST = {"ADK_SUPERVISOR_HEARTBEAT_INTERVAL_S": "0.3", "ADK_SUPERVISOR_NODE_DEAD_AFTER_S": "1.5"}
+
+
+@pytest.fixture
+def start_node(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def start(**env: str) -> Daemon:
+        daemon = Daemon(
+            redis_url, key_prefix, tmp_path / f"node{len(daemons)}", "auto", **FAST, **env
+        )
+        daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+async def _terminal_events(client: SupervisorClient, task_id: str) -> list[dict[str, object]]:
+    """The task's terminal events in the history stream (appended just after the record)."""
+    found: list[dict[str, object]] = []
+    for _ in range(100):
+        history = await client.client.xrange(f"{client.store.key_prefix}task-history")
+        events = [json.loads(fields[b"event"]) for _, fields in history]
+        found = [e for e in events if e["task_id"] == task_id and e["state"] in TERMINAL_STATES]
+        if found:
+            break
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_peer_fails_the_runs_of_a_node_whose_daemon_died(
+    start_node: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    first, second = start_node(), start_node()
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    record = await until_state(client, task, "running")
+    dead, survivor = (first, second) if record["node_id"] == first.node_id else (second, first)
+    dead.kill9()
+    failed = await until_state(client, task, "failed", timeout=30)
+    assert failed["reason"].startswith(f"orphaned: node {dead.node_id} stopped heartbeating")
+    assert f"taken over by {survivor.node_id}" in failed["reason"]
+    assert len(await _terminal_events(client, task)) == 1
+    assert f"took over node {dead.node_id}" in survivor.log()
+    # The survivor goes on serving, and the dead node left the registry.
+    done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert done["state"] == "completed" and done["node_id"] == survivor.node_id
+    members = await client.client.smembers(nodes_key(client.store.key_prefix))
+    assert dead.node_id.encode() not in members
+
+
+async def test_two_peers_take_over_a_gone_node_exactly_once(
+    start_node: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    prefix = client.store.key_prefix
+    redis = client.client
+    # A node that died holding five running runs and one run it took but never started.
+    await redis.sadd(nodes_key(prefix), "ghost")
+    orphans = [f"orphan-{i}" for i in range(5)]
+    for task_id in orphans:
+        await client.store.create(task_id, TaskState.RUNNING, {
+            "node_id": "ghost", "boot_id": boot_id(), "pid": 999_999, "start_ticks": 1,
+            "app": "weather", "user_id": "u", "session_id": task_id,
+        })  # fmt: skip
+    await redis.sadd(node_tasks_key(prefix, "ghost"), *orphans)
+    stream = runs_stream(prefix)
+    await redis.xgroup_create(stream, RUNS_GROUP, id="0", mkstream=True)
+    queued = await client.submit(A + "weather_agent", "taken, never started", user_id="u")
+    taken = await redis.xreadgroup(RUNS_GROUP, "ghost", {stream: ">"}, count=1)
+    assert taken and taken[0][1], "the ghost did not take the queued run"
+
+    nodes = [start_node(), start_node()]
+    for task_id in orphans:
+        record = await until_state(client, task_id, "failed", timeout=30)
+        assert record["reason"].startswith("orphaned: node ghost stopped heartbeating")
+    done = await client.wait(queued, 60)
+    assert done["state"] == "completed"
+    assert done["node_id"] in {n.node_id for n in nodes}
+    time.sleep(0.5)  # let a second, racing takeover finish its writes
+    for task_id in [*orphans, queued]:
+        assert len(await _terminal_events(client, task_id)) == 1, task_id
+    assert b"ghost" not in await redis.smembers(nodes_key(prefix))
+    consumers = await redis.xinfo_consumers(stream, RUNS_GROUP)
+    assert all(c["name"] not in ("ghost", b"ghost") for c in consumers)
