@@ -18,11 +18,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from ._tasks import stop_task
-from .redis_connection import as_text, connect
+from .redis_connection import REDIS_ERRORS, as_text, connect
 from .task_store import TaskStore, parse_abort_payload
 
 __all__ = ["AbortHandler", "AbortSubscriber", "acquire_abort_subscriber"]
@@ -31,8 +28,6 @@ log = logging.getLogger("adk_supervisor")
 
 AbortHandler = Callable[[str], None]
 """Called with the abort reason, on the event loop; must not block."""
-
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 _subscribers: dict[tuple[asyncio.AbstractEventLoop, str, str], AbortSubscriber] = {}
 
@@ -121,8 +116,12 @@ class AbortSubscriber:
                     elif message["type"] == "pmessage":
                         channel = as_text(message["channel"])
                         self._dispatch(channel[prefix_len:], message["data"])
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:  # down, or an error reply (OOM, READONLY, ...)
                 log.warning("abort subscription lost (%s); resubscribing in %.2fs", exc, backoff)
+            except Exception:
+                # Anything else must not end the subscription for good: every
+                # in-process run would silently lose its abort path.
+                log.exception("abort subscription failed; resubscribing in %.2fs", backoff)
             finally:
                 self.ready.clear()
                 with contextlib.suppress(Exception):

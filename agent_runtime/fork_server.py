@@ -205,11 +205,14 @@ def main() -> int:
             continue
         if not message:
             return 0
+        reply: dict[str, object] = {}
         try:
-            reply: dict[str, object] = {"pid": _fork_run(json.loads(message), daemon, server)}
+            request = json.loads(message)
+            reply["task_id"] = request.get("task_id")  # the daemon checks replies stay in step
+            reply["pid"] = _fork_run(request, daemon, server)
         except Exception as exc:
             traceback.print_exc()
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
+            reply["error"] = f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(BrokenPipeError):
             server.send(json.dumps(reply).encode())
 

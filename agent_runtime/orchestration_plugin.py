@@ -38,13 +38,18 @@ from google.adk.sessions.base_session_service import BaseSessionService
 from google.adk.tools.base_tool import BaseTool
 from google.adk.tools.tool_context import ToolContext
 from google.genai import types
-from redis.exceptions import RedisError
 
 from ._tasks import stop_task
 from .abort_subscriber import AbortHandler, AbortSubscriber, acquire_abort_subscriber
 from .child import TASK_ENV
-from .plugin_recovery import ProcessHeartbeat, new_owner_id, recover_dead, running_index_key
-from .redis_connection import connect
+from .plugin_recovery import (
+    ProcessHeartbeat,
+    drop_owned,
+    new_owner_id,
+    recover_dead,
+    running_index_key,
+)
+from .redis_connection import REDIS_ERRORS, connect
 from .session_sealing import seal_task_session
 from .task_store import TaskState, TaskStore, parse_abort_payload
 
@@ -57,9 +62,6 @@ TASK_ID_METADATA_KEY: Final = "adk_task_id"
 TIMEOUT_METADATA_KEY: Final = "adk_timeout_s"
 """``RunConfig.custom_metadata`` key giving one invocation's deadline in seconds."""
 
-# Redis trouble must never fail the user's run: every plugin write catches these.
-_REDIS_ERRORS = (RedisError, ConnectionError, OSError, TimeoutError)
-
 
 @dataclass(eq=False)
 class _Invocation:
@@ -68,6 +70,8 @@ class _Invocation:
     task_id: str
     ic: InvocationContext
     owned: bool = False  # the plugin created the record and writes its terminal state
+    # The record belongs to another invocation (a duplicate task id): write nothing to it.
+    foreign: bool = False
     started: float = field(default_factory=time.monotonic)
     abort: tuple[TaskState, str] | None = None  # why the plugin aborted it
     timer: asyncio.TimerHandle | None = None
@@ -89,6 +93,15 @@ class _Invocation:
             "tool_calls": self.tool_calls,
             "last_event_at": None if self.last_event_at is None else repr(self.last_event_at),
         }
+
+
+@dataclass(eq=False)
+class _TerminalWrite:
+    """A terminal state the plugin owes a record (kept until Redis takes it)."""
+
+    state: TaskState
+    fields: dict[str, object]
+    recorded: bool = False  # the transition is done; only the index entry is left
 
 
 class RedisOrchestrationPlugin(BasePlugin):
@@ -143,8 +156,6 @@ class RedisOrchestrationPlugin(BasePlugin):
         self.recovery_interval_s = recovery_interval_s or heartbeat_ttl_s
         self.session_service = session_service
         self.owner = new_owner_id()
-        # Inside a supervised child the daemon owns state, kill and timeout.
-        self.supervised_task_id = os.environ.get(TASK_ENV) or None
         self._invocations: dict[str, _Invocation] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: aioredis.Redis | None = None
@@ -153,6 +164,19 @@ class RedisOrchestrationPlugin(BasePlugin):
         self._heartbeat: ProcessHeartbeat | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._handlers: dict[int, AbortHandler] = {}
+        # Terminal writes Redis refused, by task id; retried from the heartbeat loop.
+        self._pending: dict[str, _TerminalWrite] = {}
+
+    @property
+    def supervised_task_id(self) -> str | None:
+        """The supervisor's task id when this process is a supervised run, else None.
+
+        Inside a supervised run the daemon owns state, kill and timeout. Read at
+        every use, never cached at construction: apps build their plugin at import,
+        and the supervisor's fork server imports apps once (with a placeholder in
+        ``$ADK_SUPERVISOR_TASK_ID``) and sets the real id in each forked run.
+        """
+        return os.environ.get(TASK_ENV) or None
 
     # ------------------------------------------------------------- lifecycle
 
@@ -182,8 +206,10 @@ class RedisOrchestrationPlugin(BasePlugin):
         if self.enable_abort:
             self._subscriber = acquire_abort_subscriber(self.redis_url, self.key_prefix)
         if self.enable_state_tracking:
-            self._heartbeat = ProcessHeartbeat(self._store, self.owner, self.heartbeat_ttl_s)
-            with contextlib.suppress(*_REDIS_ERRORS):
+            self._heartbeat = ProcessHeartbeat(
+                self._store, self.owner, self.heartbeat_ttl_s, on_beat=self._retry_terminal_writes
+            )
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._heartbeat.beat()
             self._heartbeat.start()
         recovered: list[str] = []
@@ -204,7 +230,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         store = self.store
         try:
             recovered = await recover_dead(store, self.owner)
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("crash recovery skipped: Redis unreachable (%s)", exc)
             return []
         if self.session_service is not None:
@@ -219,8 +245,12 @@ class RedisOrchestrationPlugin(BasePlugin):
         return [t.task_id for t in recovered]
 
     async def _recover_periodically(self) -> None:
-        while self._recovery is not None:
+        while True:
             await asyncio.sleep(self.recovery_interval_s)
+            if self._recovery is None:
+                # Closed while asleep (its cancel swallowed): a pass now would
+                # reconnect through recover_crashed's start().
+                return
             try:
                 await self.recover_crashed()
             except Exception:  # the loop must survive anything one pass meets
@@ -230,6 +260,15 @@ class RedisOrchestrationPlugin(BasePlugin):
         """Stops the heartbeat, recovery and the abort subscription (the runner calls this)."""
         recovery, self._recovery = self._recovery, None  # also the loop's stop flag
         await stop_task(recovery)
+        if self._pending:
+            # A last try; what still fails is failed by crash recovery once the
+            # heartbeat (deleted below) is gone.
+            try:
+                await self._retry_terminal_writes()
+            except REDIS_ERRORS as exc:
+                log.warning(
+                    "%d task records left running: Redis unreachable (%s)", len(self._pending), exc
+                )
         if self._heartbeat is not None:
             await self._heartbeat.stop()
             self._heartbeat = None
@@ -237,7 +276,7 @@ class RedisOrchestrationPlugin(BasePlugin):
             await self._subscriber.release()
             self._subscriber = None
         if self._client is not None:
-            with contextlib.suppress(*_REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._client.aclose()
             self._client = None
         self._store = None
@@ -279,7 +318,7 @@ class RedisOrchestrationPlugin(BasePlugin):
 
     def _touch(self, inv: _Invocation) -> None:
         """Schedules a progress write; writes coalesce and never block the agent."""
-        if self._store is None:
+        if self._store is None or inv.foreign:
             return
         inv.dirty = True
         if inv.flusher is None or inv.flusher.done():
@@ -290,12 +329,12 @@ class RedisOrchestrationPlugin(BasePlugin):
             inv.dirty = False
             try:
                 await self._store.update(inv.task_id, inv.progress())
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("task %s: progress not written (%s)", inv.task_id, exc)
                 return
 
-    async def _register(self, inv: _Invocation) -> bool:
-        """Creates the ``running`` record; True if this plugin owns its state."""
+    async def _register(self, inv: _Invocation) -> None:
+        """Creates the ``running`` record and sets ``inv.owned``, or ``inv.foreign`` for a duplicate."""
         store = self.store
         ic = inv.ic
         fields: dict[str, object] = {
@@ -305,24 +344,34 @@ class RedisOrchestrationPlugin(BasePlugin):
             "tracker": "plugin", "started_at": repr(time.time()), "agent": _agent_name(ic),
         }  # fmt: skip
         # Index first: a crash between the two leaves an index entry recovery drops,
-        # never a `running` record nobody can recover.
-        await store.client.hset(running_index_key(self.key_prefix), inv.task_id, self.owner)
+        # never a `running` record nobody can recover. HSETNX: a caller may reuse a
+        # task id that a live invocation (here or elsewhere) holds; that one keeps it.
+        index = running_index_key(self.key_prefix)
+        if not await store.client.hsetnx(index, inv.task_id, self.owner):
+            inv.foreign = True
+            log.warning(
+                "task %s is already running in another invocation: this invocation "
+                "leaves its record alone", inv.task_id,
+            )  # fmt: skip
+            return
         created = await store.create(inv.task_id, TaskState.RUNNING, fields)
         if created.applied:
-            return True
+            inv.owned = True
+            return
         # A caller may pre-create the record (queued/starting) under its own id.
         moved = await store.transition(
             inv.task_id, TaskState.RUNNING, fields,
             allowed_from=(TaskState.QUEUED, TaskState.STARTING),
         )  # fmt: skip
         if moved.applied:
-            return True
-        await store.client.hdel(running_index_key(self.key_prefix), inv.task_id)
+            inv.owned = True
+            return
+        inv.foreign = True
+        await drop_owned(store.client, self.key_prefix, self.owner, inv.task_id)
         log.warning(
-            "task %s is already %s: the plugin does not track this invocation's state",
+            "task %s is already %s: this invocation leaves its record alone",
             inv.task_id, moved.previous,
         )  # fmt: skip
-        return False
 
     async def _finish(self, inv: _Invocation, state: TaskState, reason: str) -> None:
         """Ends one invocation: stops its timer and abort handler, records ``state`` once."""
@@ -335,7 +384,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         if inv.flusher is not None and not inv.flusher.done():
             with contextlib.suppress(Exception):
                 await inv.flusher
-        if self._store is None:
+        if self._store is None or inv.foreign:
             return
         fields: dict[str, object] = {
             **inv.progress(),
@@ -343,19 +392,47 @@ class RedisOrchestrationPlugin(BasePlugin):
         }
         if inv.error:
             fields["error"] = inv.error[-4000:]
-        try:
-            if not inv.owned:
+        if not inv.owned:
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._store.update(inv.task_id, fields)
-                return
-            fields["reason"] = reason
-            result = await self._store.transition(inv.task_id, state, fields)
-            await self._store.client.hdel(running_index_key(self.key_prefix), inv.task_id)
-            if not result.applied:
+            return
+        # The end time is taken now, not when a retry finally lands.
+        write = _TerminalWrite(state, {**fields, "reason": reason, "ended_at": repr(time.time())})
+        try:
+            await self._write_terminal(inv.task_id, write)
+        except REDIS_ERRORS as exc:
+            # The heartbeat keeps this process's tasks alive, so nobody else would
+            # ever end this record: keep the write and retry it at every heartbeat.
+            self._pending[inv.task_id] = write
+            log.warning(
+                "task %s: %s not recorded yet (%s); retrying while the process lives",
+                inv.task_id, state, exc,
+            )  # fmt: skip
+
+    async def _write_terminal(self, task_id: str, write: _TerminalWrite) -> None:
+        """Records a terminal state, then drops this process's index entry; raises on Redis trouble.
+
+        Safe to repeat: the transition is a compare-and-set, and a write whose
+        reply was lost is recognised by the state it left.
+        """
+        store = self.store
+        if not write.recorded:
+            result = await store.transition(task_id, write.state, write.fields)
+            write.recorded = True
+            if not result.applied and result.previous != write.state.value:
                 log.info(
-                    "task %s: %s not recorded, already %s", inv.task_id, state, result.previous
+                    "task %s: %s not recorded, already %s", task_id, write.state, result.previous
                 )
-        except _REDIS_ERRORS as exc:
-            log.warning("task %s: %s not recorded, Redis unreachable (%s)", inv.task_id, state, exc)
+        await drop_owned(store.client, self.key_prefix, self.owner, task_id)
+
+    async def _retry_terminal_writes(self) -> None:
+        """Retries the terminal writes Redis refused; stops at the first failure."""
+        if self._store is None:
+            return
+        for task_id, write in list(self._pending.items()):
+            await self._write_terminal(task_id, write)
+            self._pending.pop(task_id, None)
+            log.info("task %s: %s recorded on retry", task_id, write.state)
 
     def _on_caller_task_done(self, invocation_id: str, _task: asyncio.Task[Any]) -> None:
         # Cancelling run_async skips every ADK callback; if the caller's task
@@ -378,7 +455,7 @@ class RedisOrchestrationPlugin(BasePlugin):
             self.session_service = ic.session_service
         try:
             await self.start()
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("orchestration plugin cannot reach Redis (%s)", exc)
         inv = _Invocation(self._task_id(ic), ic, current_agent=_agent_name(ic))
         self._invocations[ic.invocation_id] = inv
@@ -389,7 +466,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         if self._store is None:
             return None
         if self.supervised_task_id is not None:
-            with contextlib.suppress(*_REDIS_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._store.update(inv.task_id, {"adk_app": ic.app_name, **inv.progress()})
             return None
         if self._subscriber is not None:
@@ -399,13 +476,13 @@ class RedisOrchestrationPlugin(BasePlugin):
             self._subscriber.register(inv.task_id, handler)
         try:
             if self.enable_state_tracking:
-                inv.owned = await self._register(inv)
+                await self._register(inv)
             if self._subscriber is not None:
                 await self._subscriber.wait_ready(1.0)
                 marks = await self._store.abort_marks([inv.task_id])
                 if inv.task_id in marks:
                     self._abort(inv, TaskState.ABORTED, parse_abort_payload(marks[inv.task_id])[0])
-        except _REDIS_ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("task %s: not registered in Redis (%s)", inv.task_id, exc)
         timeout = self._timeout(ic)
         if timeout is not None:
@@ -468,7 +545,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         if self._subscriber is not None and self._store is not None and inv.abort is None:
             try:
                 marks = await self._store.abort_marks([inv.task_id])
-            except _REDIS_ERRORS:
+            except REDIS_ERRORS:
                 return None
             if inv.task_id in marks:
                 self._abort(inv, TaskState.ABORTED, parse_abort_payload(marks[inv.task_id])[0])

@@ -19,20 +19,25 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+import redis.asyncio as aioredis
 
 from ._tasks import stop_task
-from .redis_connection import as_text
+from .redis_connection import REDIS_ERRORS, as_text
 from .task_store import TaskState, TaskStore
 
-__all__ = ["ProcessHeartbeat", "RecoveredTask", "new_owner_id", "recover_dead", "running_index_key"]
+__all__ = [
+    "ProcessHeartbeat",
+    "RecoveredTask",
+    "drop_owned",
+    "new_owner_id",
+    "recover_dead",
+    "running_index_key",
+]
 
 log = logging.getLogger("adk_supervisor")
-
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 # KEYS: index hash. ARGV: owner, task ids. Removes the entries still owned by ARGV[1].
 _DROP_OWNED = r"""
@@ -56,17 +61,40 @@ def running_index_key(key_prefix: str) -> str:
     return f"{key_prefix}plugin-running"
 
 
+async def drop_owned(client: aioredis.Redis, key_prefix: str, owner: str, *task_ids: str) -> int:
+    """Removes the running-index entries of ``task_ids`` that ``owner`` still holds.
+
+    A compare-and-delete: an entry another owner registered under the same task
+    id is left alone. Returns how many entries were removed.
+    """
+    if not task_ids:
+        return 0
+    removed = await client.eval(_DROP_OWNED, 1, running_index_key(key_prefix), owner, *task_ids)
+    return int(removed)
+
+
 def heartbeat_key(key_prefix: str, owner: str) -> str:
     """The key whose existence says ``owner`` is alive."""
     return f"{key_prefix}plugin-heartbeat:{owner}"
 
 
 class ProcessHeartbeat:
-    """Refreshes this process's heartbeat key every ``ttl_s / 3`` seconds until stopped."""
+    """Refreshes this process's heartbeat key every ``ttl_s / 3`` seconds until stopped.
 
-    def __init__(self, store: TaskStore, owner: str, ttl_s: float) -> None:
+    ``on_beat``, if given, is awaited after every heartbeat that was written: the
+    plugin retries its pending terminal writes there, while Redis is known to answer.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        owner: str,
+        ttl_s: float,
+        on_beat: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.owner = owner
+        self.on_beat = on_beat
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.key = heartbeat_key(store.key_prefix, owner)
         self._task: asyncio.Task[None] | None = None
@@ -78,11 +106,22 @@ class ProcessHeartbeat:
         await self.store.client.set(self.key, value, px=self.ttl_ms)
 
     async def _run(self) -> None:
+        # The loop must outlive any one failure: once it stops, the key expires and
+        # other processes fail this live process's tasks. Only cancellation ends it.
         while not self._stopping:
+            beaten = False
             try:
                 await self.beat()
-            except _REDIS_DOWN as exc:
+                beaten = True
+            except REDIS_ERRORS as exc:  # down, or an error reply (OOM, READONLY, ...)
                 log.warning("plugin heartbeat not written (%s); retrying", exc)
+            except Exception:
+                log.exception("plugin heartbeat failed unexpectedly; retrying")
+            if beaten and self.on_beat is not None:
+                try:
+                    await self.on_beat()
+                except Exception:
+                    log.exception("plugin heartbeat hook failed; retrying at the next beat")
             await asyncio.sleep(self.ttl_ms / 3000)
 
     def start(self) -> None:
@@ -98,7 +137,7 @@ class ProcessHeartbeat:
         self._stopping = True
         await stop_task(self._task)
         self._task = None
-        with contextlib.suppress(*_REDIS_DOWN):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self.store.client.delete(self.key)
 
 
@@ -144,5 +183,5 @@ async def recover_dead(store: TaskStore, me: str) -> list[RecoveredTask]:
             if moved.applied:
                 recovered.append(RecoveredTask(task_id, owner, reason))
                 log.warning("task %s failed by crash recovery: %s", task_id, reason)
-        await store.client.eval(_DROP_OWNED, 1, index, owner, *by_owner[owner])
+        await drop_owned(store.client, store.key_prefix, owner, *by_owner[owner])
     return recovered

@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from agent_runtime.redis_connection import redact_url
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "ConfigError",
@@ -220,6 +222,8 @@ def _problems(exc: ValidationError) -> list[str]:
         message = error["msg"].removeprefix("Value error, ")
         key = loc or "config"
         shown = error.get("input")
+        if isinstance(shown, str) and "://" in shown:
+            shown = redact_url(shown)  # a mistyped redis_url must not print its password
         got = f" (got {shown!r})" if loc and not isinstance(shown, dict) else ""
         problems.append(f"{key}: {message}{got}")
     return problems

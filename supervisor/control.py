@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import TYPE_CHECKING, Any
+
+from agent_runtime.redis_connection import redact_url
 
 from .status_socket import Peer, RequestError
 
@@ -57,8 +60,12 @@ class ControlHandler:
             return {
                 "node_id": sup.node_id,
                 "pid": sup.pid,
-                # The CLI reads Redis directly for `wait`: tell it where Redis is.
-                "redis_url": sup.redis_url,
+                # The CLI reads Redis directly for `wait`: tell it where Redis is. The
+                # password only goes to the daemon's own user (or root), not to every
+                # member of socket_group.
+                "redis_url": (
+                    sup.redis_url if peer.uid in (0, os.getuid()) else redact_url(sup.redis_url)
+                ),
                 "key_prefix": sup.settings.key_prefix,
             }
         if cmd == "status":

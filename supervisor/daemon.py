@@ -21,15 +21,19 @@ from typing import Any
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agent_runtime.child import RunSpec
-from agent_runtime.redis_connection import connect, redact_url
+from agent_runtime.redis_connection import REDIS_ERRORS, as_text, connect, redact_url
 from agent_runtime.session_sealing import seal_task_session
 from agent_runtime.session_service import RedisSessionService
-from agent_runtime.task_store import TaskState, TaskStore, check_task_id, parse_abort_payload
+from agent_runtime.task_store import (
+    TaskState,
+    TaskStore,
+    TransitionResult,
+    check_task_id,
+    parse_abort_payload,
+)
 
 from .config import Settings
 from .daemon_ops import OperatorMixin
@@ -51,7 +55,7 @@ __all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
 log = logging.getLogger("adk_supervisor")
 
 RUNS_GROUP = "supervisors"
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+_REDIS_DOWN = REDIS_ERRORS
 
 
 def runs_stream(key_prefix: str) -> str:
@@ -119,7 +123,10 @@ class Supervisor(OperatorMixin):
         self._capacity = anyio.Semaphore(settings.max_concurrent_runs)
         # Exit statuses of processes reaped while a spawn was in flight: a forked run
         # may die (and be reaped) before its spawner has told us its PID.
-        self._unclaimed: dict[int, tuple[int, Any]] = {}
+        self._unclaimed: dict[
+            int, tuple[int, int, Any]
+        ] = {}  # pid -> (reap number, status, rusage)
+        self._reaps = 0
         self._spawning = 0
         self._starting: dict[str, str | None] = {}  # task -> parked abort reason
         # Operator surface (status socket, sd_notify, heartbeat, drain): see daemon_ops.py.
@@ -145,20 +152,31 @@ class Supervisor(OperatorMixin):
             self.node_id, redact_url(self.redis_url), self.containment.name, self.spawner.name,
             self.settings.max_concurrent_runs,
         )  # fmt: skip
-        report = await reconcile_node(self.store, self.node_key, self.boot_id, self.containment)
+        backoff = 0.5
+        while True:
+            try:
+                report = await reconcile_node(
+                    self.store, self.node_key, self.boot_id, self.containment
+                )
+                await self._ensure_group()
+                await self.peers.register()
+                break
+            except _REDIS_DOWN as exc:
+                # Exiting would only make systemd restart us into the same outage.
+                log.warning("Redis unreachable at start (%s); retrying in %.1fs", exc, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
         if report.failed:
             log.warning(
                 "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
             )
-        await self._ensure_group()
-        await self.peers.register()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reaper)
                 tg.start_soon(self._flush_outbox)
                 await tg.start(self._listen_aborts)
                 tg.start_soon(self._consume, tg)
-                tg.start_soon(self._watch_peers)
+                tg.start_soon(self._housekeeping)
                 if report.failures:
                     tg.start_soon(seal_orphans, self.store, report.failures,
                                   self.settings.session_ttl_s)  # fmt: skip
@@ -205,10 +223,13 @@ class Supervisor(OperatorMixin):
             # Any reaped process may have been the last of a killed tree: wake the waiters.
             self._child_exited.set()
             self._child_exited = anyio.Event()
+            self._reaps += 1
             run = self._by_pid.pop(pid, None)
             if run is None:
                 if self._spawning:
-                    self._unclaimed[pid] = (status, rusage)
+                    self._unclaimed[pid] = (self._reaps, status, rusage)
+                    if len(self._unclaimed) > 4096:  # grandchildren of busy runs
+                        del self._unclaimed[next(iter(self._unclaimed))]
                 continue
             self._exited(run, status, rusage)
 
@@ -300,6 +321,11 @@ class Supervisor(OperatorMixin):
         if run.kill is not None:
             return
         assert self.containment is not None
+        if run.exited.is_set():
+            # The run already ended on its own: its outcome stands. Leftovers it left
+            # behind are being swept anyway (_ensure_tree_gone).
+            self.containment.kill(run.container, None, run.pid, signal.SIGKILL)
+            return
         grace = self.settings.kill_grace_s
         sig = signal.SIGTERM if grace > 0 else signal.SIGKILL
         run.kill = (state, reason, signal.SIGKILL)
@@ -367,13 +393,16 @@ class Supervisor(OperatorMixin):
 
     # --------------------------------------------------------------------- peers
 
-    async def _watch_peers(self) -> None:
+    async def _housekeeping(self) -> None:
         while True:
             await anyio.sleep(self.settings.heartbeat_interval_s)
             try:
+                # A pub/sub link can be silently half-open (an idle NAT flow dropped):
+                # the durable marks bound how late an abort can be, whatever happens.
+                await self._apply_abort_marks()
                 takeovers = await self.peers.sweep()
             except _REDIS_DOWN as exc:
-                log.debug("peer sweep skipped: %s", exc)
+                log.debug("housekeeping skipped: %s", exc)
                 continue
             for takeover in takeovers:
                 if takeover.claimed:
@@ -422,6 +451,9 @@ class Supervisor(OperatorMixin):
             except _REDIS_DOWN as exc:
                 self._capacity.release()
                 log.warning("cannot read runs (%s); retrying", exc)
+                if "NOGROUP" in str(exc):  # the stream or its group was deleted
+                    with contextlib.suppress(*_REDIS_DOWN):
+                        await self._ensure_group()
                 await anyio.sleep(0.5)
                 continue
             entries = reply[0][1] if reply else []
@@ -446,8 +478,19 @@ class Supervisor(OperatorMixin):
             tg.start_soon(self._run_entry, entry_id, fields)
 
     async def _run_entry(self, entry_id: bytes, raw: dict[bytes, bytes]) -> None:
+        request = {as_text(k): as_text(v) for k, v in raw.items()}
         try:
-            await self._start_and_watch(entry_id, {k.decode(): v.decode() for k, v in raw.items()})
+            await self._start_and_watch(entry_id, request)
+        except _REDIS_DOWN as exc:
+            # Before the spawn every step is a Redis call; the entry is not acknowledged
+            # yet, so it stays pending here and is read again once Redis answers.
+            log.warning("run %s: Redis failed while starting it (%s); retrying", entry_id, exc)
+            await anyio.sleep(1)
+            self._claims += 1
+        except Exception:  # one bad entry must not take the daemon (and every run) down
+            log.exception("run %s could not be handled; dropping it", entry_id)
+            with contextlib.suppress(*_REDIS_DOWN):
+                await self.client.xack(self.stream, RUNS_GROUP, entry_id)
         finally:
             self._capacity.release()
 
@@ -476,12 +519,21 @@ class Supervisor(OperatorMixin):
                 if request.get("timeout")
                 else self.settings.default_timeout_s
             )
-            if timeout is not None and timeout <= 0:
-                raise ValueError(f"timeout must be positive, got {timeout}")
+            if timeout is not None and not (0 < timeout < math.inf):
+                raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         except ValueError as exc:
             log.warning("run request %s rejected: %s", entry_id, exc)
             if task_id and "invalid task id" not in str(exc):
-                await self._record(task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"})
+                # Only a queued record: a stray entry must not end someone's live run.
+                await self.store.transition(
+                    task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"},
+                    allowed_from=(TaskState.QUEUED,),
+                )  # fmt: skip
+            await self.client.xack(self.stream, RUNS_GROUP, entry_id)
+            return
+        if task_id in self._starting or task_id in self.runs:
+            # A duplicate entry of a run this daemon already handles: leave that one alone.
+            log.warning("run request %s: task %s is already being run here", entry_id, task_id)
             await self.client.xack(self.stream, RUNS_GROUP, entry_id)
             return
 
@@ -515,13 +567,20 @@ class Supervisor(OperatorMixin):
             "app": request["app"], "user_id": request["user_id"], "session_id": session_id,
             "started_at": repr(time.time()),
         }  # fmt: skip
-        await self.client.sadd(self.node_key, task_id)
+        added = await self.client.sadd(self.node_key, task_id)
         moved = await self.store.transition(task_id, TaskState.STARTING, starting)
         if moved.missing:
             moved = await self.store.create(task_id, TaskState.STARTING, starting)
+        if not moved.applied and moved.previous == TaskState.STARTING.value:
+            # Our own start, cut short by a Redis error before the spawn (a spawned run
+            # would be in self.runs): nothing runs, so it may simply go on.
+            (owner,) = await self.store.fields_many([task_id], ("node_id", "boot_id"))
+            if owner == {"node_id": self.node_id, "boot_id": self.boot_id}:
+                moved = TransitionResult(True, TaskState.STARTING.value)
         await self.client.xack(self.stream, RUNS_GROUP, entry_id)
         if not moved.applied:
-            await self.client.srem(self.node_key, task_id)
+            if added:
+                await self.client.srem(self.node_key, task_id)
             log.info("task %s not started: it is already %s", task_id, moved.previous)
             return
 
@@ -538,15 +597,22 @@ class Supervisor(OperatorMixin):
         assert self.containment is not None
         container = self.containment.prepare(task_id)
         self._spawning += 1
+        reaps_before = self._reaps
         try:
             pid = await self.spawner.spawn(spec, container, self.log_dir / f"{task_id}.log")
         except (OSError, ValueError) as exc:
+            # A half-started run (the fork server died or stalled mid-request) may be
+            # inside the container: sweep it before giving the container up.
+            self.containment.kill(container, None, 0, signal.SIGKILL)
             self.containment.release(container)
             await self._record(task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"})
             return
         finally:
             self._spawning -= 1
-        early = self._unclaimed.pop(pid, None)
+        # Only a process reaped during this spawn can be this run: an older entry under
+        # the same PID was another process, before the PID was reused.
+        unclaimed = self._unclaimed.pop(pid, None)
+        early = unclaimed[1:] if unclaimed and unclaimed[0] > reaps_before else None
         if not self._spawning:
             self._unclaimed.clear()
         # Unless reaped above, the PID is still this run's: nobody else reaps it.

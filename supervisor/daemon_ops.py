@@ -18,14 +18,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import psutil
 from anyio.abc import TaskGroup
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from agent_runtime.redis_connection import redact_url
+from agent_runtime.redis_connection import REDIS_ERRORS, redact_url
 from agent_runtime.task_store import TaskState
 
 from .control import ControlHandler
-from .peers import node_heartbeat_key
+from .peers import node_heartbeat_key, nodes_key
+from .process_tree import descendants
 from .sd_notify import SdNotifier, watchdog_interval
 from .status_socket import StatusSocketServer
 
@@ -43,7 +42,7 @@ __all__ = ["OperatorMixin", "package_version"]
 
 log = logging.getLogger("adk_supervisor")
 
-_REDIS_TROUBLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
+_REDIS_TROUBLE = REDIS_ERRORS
 
 
 def package_version() -> str:
@@ -57,11 +56,12 @@ def package_version() -> str:
 def _tree_usage(pid: int) -> tuple[int, float]:
     """RSS bytes and CPU seconds of a process and all its descendants (0 for gone ones)."""
     rss, cpu = 0, 0.0
-    try:
-        leader = psutil.Process(pid)
-        procs = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return 0, 0.0
+    # The tree from the kernel's children lists: psutil's recursive children() reads
+    # every process on the host, on the event loop, per run, per status request.
+    procs = []
+    for member in (pid, *descendants(pid)):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(member))
     for proc in procs:
         try:
             with proc.oneshot():
@@ -127,7 +127,8 @@ class OperatorMixin:
         by_ref = {ref: name for name, ref in self.settings.apps.items()}
         runs = []
         for task_id, run in list(self.runs.items()):
-            rss, cpu = _tree_usage(run.pid)
+            # A reaped leader's PID may name someone else by now: report nothing for it.
+            rss, cpu = _tree_usage(run.pid) if run.pidfd is not None else (0, 0.0)
             runs.append({
                 "task_id": task_id, "app": by_ref.get(run.spec.app_ref, run.spec.app_ref),
                 "user_id": run.spec.user_id, "session_id": run.spec.session_id,
@@ -179,10 +180,12 @@ class OperatorMixin:
         beat = json.dumps({"pid": self.pid, "at": time.time(), "runs": len(self.runs)})
         try:
             with anyio.fail_after(max(interval, 1.0)):
-                await self.client.set(
-                    node_heartbeat_key(self.settings.key_prefix, self.node_id),
-                    beat, px=int(interval * 3000),
-                )  # fmt: skip
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.set(node_heartbeat_key(self.settings.key_prefix, self.node_id),
+                             beat, px=int(interval * 3000))  # fmt: skip
+                    # Back in the registry, should a peer have taken this node over.
+                    pipe.sadd(nodes_key(self.settings.key_prefix), self.node_id)
+                    await pipe.execute()
         except _REDIS_TROUBLE as exc:
             if self.redis_healthy:
                 log.warning("Redis lost (%s): kills go on locally, records wait", exc)

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol
 
+from agent_runtime.child import TASK_ENV
+
 __all__ = [
+    "PIDFD_SIGNAL_PROCESS_GROUP",
     "TASK_ENV",
     "CgroupContainment",
     "Containment",
@@ -33,6 +36,7 @@ __all__ = [
     "RunContainer",
     "boot_id",
     "choose_containment",
+    "descendants",
     "find_writable_cgroup2",
     "process_start_ticks",
     "set_child_subreaper",
@@ -41,10 +45,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TASK_ENV: Final = "ADK_SUPERVISOR_TASK_ID"
 _PR_SET_PDEATHSIG: Final = 1
 _PR_SET_CHILD_SUBREAPER: Final = 36
-_PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # Linux 6.9+
+PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # Linux 6.9+
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -182,15 +185,20 @@ class CgroupContainment:
 
     def release(self, container: RunContainer) -> None:
         if container.cgroup is not None:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 container.cgroup.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # still populated (a process stuck in D state)
+                log.error("cgroup %s not removed (%s); reconcile retries at the next start",
+                          container.cgroup, exc)  # fmt: skip
 
     def leftover_leaves(self) -> list[Path]:
         """Leaves of runs a previous daemon on this node left behind."""
         return [p for p in self.root.iterdir() if p.is_dir() and p.name.startswith("run-")]
 
 
-def _descendants(root: int) -> list[int]:
+def descendants(root: int) -> list[int]:
     """PIDs below ``root``, from the kernel's per-thread ``children`` lists.
 
     Walks only the tree itself; psutil's ``children(recursive=True)`` reads the
@@ -226,7 +234,7 @@ def _carries(pid: int, marker: bytes) -> bool:
 
 def _tagged_descendants(task_id: str) -> list[int]:
     marker = f"{TASK_ENV}={task_id}".encode()
-    return [pid for pid in _descendants(os.getpid()) if _carries(pid, marker)]
+    return [pid for pid in descendants(os.getpid()) if _carries(pid, marker)]
 
 
 def _signal_tagged(pid: int, marker: bytes, sig: int) -> None:
@@ -256,7 +264,7 @@ class PgroupContainment:
         # its PID, which cannot be reused before the reap) still names our run.
         if leader_pidfd is not None:
             try:
-                signal.pidfd_send_signal(leader_pidfd, sig, None, _PIDFD_SIGNAL_PROCESS_GROUP)
+                signal.pidfd_send_signal(leader_pidfd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
             except OSError as exc:
                 if exc.errno == errno.EINVAL:  # kernel without the group flag
                     with contextlib.suppress(ProcessLookupError):

@@ -25,7 +25,13 @@ from agent_runtime.session_sealing import seal_task_session
 from agent_runtime.session_service import RedisSessionService
 from agent_runtime.task_store import TaskStore
 
-from .process_tree import TASK_ENV, CgroupContainment, Containment, process_start_ticks
+from .process_tree import (
+    PIDFD_SIGNAL_PROCESS_GROUP,
+    TASK_ENV,
+    CgroupContainment,
+    Containment,
+    process_start_ticks,
+)
 
 __all__ = ["ReconcileReport", "reconcile_node", "seal_orphans"]
 
@@ -70,7 +76,7 @@ def _kill_proven(pid: int, start_ticks: int) -> bool:
         if process_start_ticks(pid) != start_ticks:
             return False
         with contextlib.suppress(OSError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL, None, 4)  # whole process group
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL, None, PIDFD_SIGNAL_PROCESS_GROUP)
         with contextlib.suppress(OSError):
             signal.pidfd_send_signal(pidfd, signal.SIGKILL)
         return True

@@ -47,8 +47,8 @@ class SdNotifier:
 
     @classmethod
     def from_env(cls) -> SdNotifier:
-        """A notifier for ``$NOTIFY_SOCKET``; removes it (and the watchdog variables) from the
-        environment so agent runs spawned later do not inherit them."""
+        """A notifier for ``$NOTIFY_SOCKET``; removes it from the environment so agent runs
+        spawned later cannot talk to systemd as if they were the daemon."""
         address = os.environ.pop("NOTIFY_SOCKET", None)
         return cls(address)
 

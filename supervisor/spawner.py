@@ -7,9 +7,9 @@
   a second of interpreter start and ADK import per run, and nothing shared.
 
 Either way the run is a child of the daemon (the fork server's runs are
-orphaned to it, the child subreaper), its own session leader, inside its
-container before it executes any code of its own, with SIGKILL as its
-parent-death signal. A spawner returns only the PID: proving identity (pidfd,
+orphaned to it, the child subreaper), inside its container before it executes
+any code of its own (a fork-server run is born inside it), and, before the
+agent code starts, its own session leader with SIGKILL as its parent-death signal. A spawner returns only the PID: proving identity (pidfd,
 start time) is the daemon's job, since only it knows whether it already reaped it.
 
 Forks with ``os.fork`` rather than ``subprocess``: the child must join its
@@ -20,6 +20,7 @@ exec, and ``subprocess`` would reap children behind the daemon's reaper
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -143,6 +144,7 @@ class ForkServerSpawner:
         self.extra_env = extra_env or {}
         self.reply_timeout_s = reply_timeout_s
         self.server_pid: int | None = None
+        self._server_pidfd: int | None = None
         self._sock: socket.socket | None = None
         self._lock = anyio.Lock()
 
@@ -153,14 +155,20 @@ class ForkServerSpawner:
             **os.environ,
             **self.extra_env,
             PRELOAD_ENV: json.dumps(self.preload),
-            # Room each run overwrites with its task id, so /proc/<pid>/environ names it.
-            TASK_ENV: "-" * MARKER_ROOM,
+            # Room each run overwrites with its task id, so /proc/<pid>/environ names it;
+            # '#' cannot start a task id, so the placeholder never names a run.
+            TASK_ENV: "#" * MARKER_ROOM,
         }
         try:
             argv = [self.python, "-m", "agent_runtime.fork_server"]
             self.server_pid = _fork_exec(argv, env, self.log_path, keep_fd=theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
         finally:
             theirs.close()
+        # Unreaped, the PID is still the server's: the pidfd pins it for close().
+        self._server_pidfd = os.pidfd_open(self.server_pid)
         ours.setblocking(False)
         self._sock = ours
         log.info("fork server started: pid=%d, preloading %d apps", self.server_pid,
@@ -170,6 +178,7 @@ class ForkServerSpawner:
         if len(spec.task_id.encode()) > MARKER_ROOM:
             raise ValueError(f"task id longer than {MARKER_ROOM} bytes")
         request = json.dumps({
+            "task_id": spec.task_id,
             "spec": spec.to_json(),
             "cgroup": str(container.cgroup) if container.cgroup else None,
             "log": str(log_path),
@@ -178,35 +187,58 @@ class ForkServerSpawner:
             for attempt in (1, 2):
                 if self._sock is None:
                     self.start()
+                assert self._sock is not None
                 try:
-                    return await self._ask(request)
-                except (ConnectionError, EOFError) as exc:
+                    self._sock.send(request)
+                except OSError as exc:  # the server died before it read anything: resend
                     log.warning("fork server lost (%s); restarting it", exc)
                     self.close()
                     if attempt == 2:
                         raise OSError(f"the fork server failed twice: {exc}") from exc
+                    continue
+                try:
+                    return await self._reply(spec.task_id)
+                except BaseException:
+                    # It may still fork this run and answer late: a server out of step
+                    # would hand the next run this one's PID. Never reuse it.
+                    self.close()
+                    raise
         raise AssertionError("unreachable")
 
-    async def _ask(self, request: bytes) -> int:
+    async def _reply(self, task_id: str) -> int:
         assert self._sock is not None
-        self._sock.send(request)
-        with anyio.fail_after(self.reply_timeout_s):
-            while True:
-                await anyio.wait_readable(self._sock)
-                try:
-                    reply = self._sock.recv(65536)
-                    break
-                except BlockingIOError:
-                    continue
+        try:
+            with anyio.fail_after(self.reply_timeout_s):
+                while True:
+                    await anyio.wait_readable(self._sock)
+                    try:
+                        reply = self._sock.recv(65536)
+                        break
+                    except BlockingIOError:
+                        continue
+        except TimeoutError:
+            raise OSError(
+                f"the fork server did not answer in {self.reply_timeout_s:g}s "
+                f"(still preloading? see {self.log_path})"
+            ) from None
         if not reply:
-            raise EOFError("the fork server exited")
+            raise OSError(f"the fork server exited while forking the run (see {self.log_path})")
         answer = json.loads(reply)
+        if answer.get("task_id") != task_id:
+            raise OSError(
+                f"the fork server answered for {answer.get('task_id')!r}, not {task_id!r}"
+            )
         if "pid" not in answer:
             raise OSError(f"the fork server could not fork the run: {answer.get('error')}")
         return int(answer["pid"])
 
     def close(self) -> None:
         if self._sock is not None:
-            self._sock.close()  # the server exits when it reads end of file
+            self._sock.close()
             self._sock = None
+        if self._server_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._server_pidfd, signal.SIGKILL)
+            os.close(self._server_pidfd)
+            self._server_pidfd = None
         self.server_pid = None
