@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
+from agent_runtime import RedisSessionService
 from agent_runtime.task_store import TERMINAL_STATES, TaskState
 from supervisor.client import SupervisorClient
 from supervisor.daemon import RUNS_GROUP, runs_stream
@@ -108,3 +111,59 @@ async def test_two_peers_take_over_a_gone_node_exactly_once(
     assert b"ghost" not in await redis.smembers(nodes_key(prefix))
     consumers = await redis.xinfo_consumers(stream, RUNS_GROUP)
     assert all(c["name"] not in ("ghost", b"ghost") for c in consumers)
+
+
+def _tree(task_id: str) -> list[int]:
+    marker = f"ADK_SUPERVISOR_TASK_ID={task_id}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if marker in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"):
+                found.append(proc.pid)
+    return found
+
+
+async def test_node_cut_off_from_redis_kills_the_runs_a_peer_ended(
+    tmp_path: Path, redis_url: str, key_prefix: str, client: SupervisorClient
+) -> None:
+    admin = client.client
+    user = f"cut-{key_prefix.strip(':')}"
+    await admin.execute_command("ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all")
+    own_url = redis_url.replace("unix://", f"unix://{user}:pw@", 1)
+    cut = Daemon(own_url, key_prefix, tmp_path / "cut", "auto", **FAST)
+    peer = Daemon(redis_url, key_prefix, tmp_path / "peer", "auto", **FAST)
+    try:
+        cut.start()
+        task = await client.submit(A + "slow_agent", "go", user_id="u")
+        await until_state(client, task, "running")
+        # Cut the node off only once its agent sleeps in its slow tool: until then the
+        # run itself needs Redis (it shares the node's Redis user).
+        async with RedisSessionService(redis_url, key_prefix) as sessions:
+            for _ in range(1500):
+                s = await sessions.get_session(app_name="slow", user_id="u", session_id=task)
+                if s is not None and any(e.get_function_calls() for e in s.events):
+                    break
+                await asyncio.sleep(0.02)
+        # Partition: this node alone can no longer reach Redis; its run goes on.
+        await admin.execute_command("ACL", "SETUSER", user, "off")
+        await admin.execute_command("CLIENT", "KILL", "USER", user)
+        peer.start()
+        failed = await until_state(client, task, "failed", timeout=30)
+        assert failed["reason"].startswith(f"orphaned: node {cut.node_id} stopped heartbeating")
+        assert _tree(task), "the cut-off node's run should still be alive during the partition"
+        # Back: the node learns a peer ended its run, and kills what it would leave behind.
+        await admin.execute_command("ACL", "SETUSER", user, "on")
+        deadline = time.monotonic() + 30
+        while _tree(task) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert _tree(task) == [], "the run outlived its record"
+        assert "by a peer while this node was cut off" in cut.log()
+        assert (await client.get(task))["state"] == "failed"  # the peer's verdict stands
+        members = await admin.smembers(nodes_key(key_prefix))
+        assert cut.node_id.encode() in members, "the node did not register again"
+    finally:
+        cut.stop()
+        peer.stop()
+        await admin.execute_command("ACL", "DELUSER", user)
