@@ -247,9 +247,9 @@ class RedisOrchestrationPlugin(BasePlugin):
     async def _recover_periodically(self) -> None:
         while True:
             await asyncio.sleep(self.recovery_interval_s)
-            if self._recovery is None:
-                # Closed while asleep (its cancel swallowed): a pass now would
-                # reconnect through recover_crashed's start().
+            if self._recovery is not asyncio.current_task():
+                # Closed (or restarted) while asleep, its cancel swallowed: a pass
+                # now would reconnect through recover_crashed's start().
                 return
             try:
                 await self.recover_crashed()

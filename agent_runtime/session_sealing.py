@@ -130,15 +130,22 @@ async def seal_task_session(
 ) -> list[Event]:
     """Seals the session of a task record written by the child or the plugin.
 
-    Needs the ADK app name the run used (``adk_app``, else ``app``), ``user_id``
-    and ``session_id``; ``invocation_id`` when recorded. A record without them
-    belongs to a run that never wrote to its session: nothing to seal.
+    Needs the ADK app name the run used (``adk_app``), ``user_id``,
+    ``session_id`` and ``invocation_id``. A record without them belongs to a run
+    that never wrote to its session: nothing to seal.
     """
     app_name = record.get("adk_app") or ""
     user_id = record.get("user_id") or ""
     session_id = record.get("session_id") or ""
+    invocation_id = record.get("invocation_id") or ""
     if not (app_name and user_id and session_id):
         log.debug("task %s: no session recorded, nothing to seal", task_id)
+        return []
+    if not invocation_id:
+        # The child records its invocation id with the run's first event, so a run
+        # killed before that added nothing to the session; the session's last
+        # invocation is then a previous, completed turn that must stay as it is.
+        log.debug("task %s: no invocation recorded, nothing to seal", task_id)
         return []
     return await seal_session(
         session_service,
@@ -146,7 +153,7 @@ async def seal_task_session(
         user_id=user_id,
         session_id=session_id,
         reason=reason,
-        invocation_id=record.get("invocation_id") or None,
+        invocation_id=invocation_id,
         state=state,
         task_id=task_id,
     )

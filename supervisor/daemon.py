@@ -497,6 +497,11 @@ class Supervisor(OperatorMixin):
     def _resolve_app(self, app: str) -> str:
         if app in self.settings.apps:
             return self.settings.apps[app]
+        if ":" in app and not self.settings.allow_import_paths:
+            raise ValueError(
+                f"app {app!r}: import paths are disabled here (allow_import_paths = false); "
+                f"name one of [apps] ({', '.join(sorted(self.settings.apps)) or 'none configured'})"
+            )
         if ":" in app:
             return app
         raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from google.adk.apps import App
 from google.adk.events.event import Event
 from google.adk.runners import Runner
 from google.genai import types
+from redis.exceptions import ResponseError
 
 from agent_runtime import (
     TASK_ID_METADATA_KEY,
@@ -260,6 +262,93 @@ async def test_supervised_child_adds_progress_and_leaves_state_to_the_daemon(
     assert record["tool_calls"] == "1" and record["model_calls"] == "2"
     assert record["invocation_id"] == events[-1].invocation_id and record["adk_app"] == "papp"
     assert await _terminal_events(store, "sup-1") == []
+
+
+async def test_plugin_built_before_the_task_id_is_set_still_runs_supervised(
+    make_plugin: Callable[..., RedisOrchestrationPlugin],
+    sessions: RedisSessionService,
+    store: TaskStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As in the fork server: the app (and its plugin) is built at import, before
+    # the run's process learns its task id.
+    monkeypatch.delenv("ADK_SUPERVISOR_TASK_ID", raising=False)
+    plugin = make_plugin()
+    runner = _runner(weather_agent(), plugin, sessions)
+    await store.create("sup-late", TaskState.RUNNING, {"pid": 1})
+    monkeypatch.setenv("ADK_SUPERVISOR_TASK_ID", "sup-late")
+    events = await _run(runner, "s1")
+    record = await store.get("sup-late")
+    assert record is not None and record["state"] == "running"  # the daemon records the end
+    assert record["tool_calls"] == "1" and record["invocation_id"] == events[-1].invocation_id
+    assert await _terminal_events(store, "sup-late") == []
+    assert await _only_task(store) == "sup-late"  # no record of its own
+    assert await store.client.hlen(f"{store.key_prefix}plugin-running") == 0
+
+
+async def test_terminal_write_refused_by_redis_is_retried_until_it_lands(
+    make_plugin: Callable[..., RedisOrchestrationPlugin],
+    sessions: RedisSessionService,
+    store: TaskStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    plugin = make_plugin(heartbeat_ttl_s=0.3)
+    await plugin.start()
+    real = plugin.store.transition
+    refused: list[TaskState] = []
+
+    async def refuse_first_terminal(task_id: str, state: TaskState, *args: Any, **kw: Any) -> Any:
+        if state.terminal and not refused:
+            refused.append(state)
+            raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+        return await real(task_id, state, *args, **kw)
+
+    monkeypatch.setattr(plugin.store, "transition", refuse_first_terminal)
+    runner = _runner(weather_agent(), plugin, sessions)
+    await _run(runner, "s1", **{TASK_ID_METADATA_KEY: "t-retry"})
+    assert refused == [TaskState.COMPLETED]
+    async with asyncio.timeout(30):  # the heartbeat loop retries the write
+        while (await store.get("t-retry") or {}).get("state") != "completed":
+            await asyncio.sleep(0.02)
+    assert len(await _terminal_events(store, "t-retry")) == 1
+    async with asyncio.timeout(30):
+        while await store.client.hexists(f"{store.key_prefix}plugin-running", "t-retry"):
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("same_plugin", [True, False], ids=["same-process", "other-process"])
+async def test_duplicate_task_id_leaves_the_live_invocation_alone(
+    same_plugin: bool,
+    make_plugin: Callable[..., RedisOrchestrationPlugin],
+    sessions: RedisSessionService,
+    store: TaskStore,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = ToolGate()
+    first = make_plugin()
+    second = first if same_plugin else make_plugin()
+    held = asyncio.create_task(
+        _run(_runner(slow_agent(gate), first, sessions), "s1", **{TASK_ID_METADATA_KEY: "dup"})
+    )
+    async with asyncio.timeout(30):  # the first invocation sits in its tool, progress written
+        while (await store.get("dup") or {}).get("tool_calls") != "1":
+            await asyncio.sleep(0.02)
+    before = await store.get("dup")
+    index = f"{store.key_prefix}plugin-running"
+    with caplog.at_level(logging.WARNING, logger="adk_supervisor"):
+        runner = _runner(weather_agent(), second, sessions)
+        await _run(runner, "s2", **{TASK_ID_METADATA_KEY: "dup"})
+    assert any("dup" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+    assert await store.get("dup") == before  # not completed, not re-registered, no progress
+    assert await store.client.hget(index, "dup") == first.owner.encode()
+
+    await store.request_abort("dup", "operator")  # the first invocation is still tracked
+    async with asyncio.timeout(30):
+        await held
+    record = await store.get("dup")
+    assert record is not None and (record["state"], record["reason"]) == ("aborted", "operator")
+    assert len(await _terminal_events(store, "dup")) == 1
+    assert not await store.client.hexists(index, "dup")
 
 
 async def test_example_plugin_app_runs_without_the_daemon(redis_url: str) -> None:

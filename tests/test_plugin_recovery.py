@@ -18,8 +18,11 @@ from google.adk.agents import LlmAgent
 from google.adk.apps import App
 from google.adk.runners import Runner
 from google.genai import types
+from redis.exceptions import ResponseError
 
 from agent_runtime import SEAL_METADATA_KEY, RedisOrchestrationPlugin, RedisSessionService
+from agent_runtime.abort_subscriber import AbortSubscriber, acquire_abort_subscriber
+from agent_runtime.plugin_recovery import ProcessHeartbeat
 from agent_runtime.task_store import TaskStore
 
 from .plugin_agents import ABORT_MESSAGE, HistoryCheckingLlm, history_problems
@@ -159,3 +162,67 @@ async def test_two_processes_recovering_at_once_fail_each_task_exactly_once(
         record = await store.get(f"hold-{i}")
         assert record is not None and record["state"] == "failed"
         assert len(await _terminal_events(store, f"hold-{i}")) == 1
+
+
+async def test_heartbeat_loop_outlives_error_replies_and_unexpected_errors(
+    store: TaskStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[BaseException] = [
+        ResponseError("READONLY You can't write against a read only replica."),
+        RuntimeError("unexpected"),
+    ]
+    hook_calls = 0
+
+    async def hook() -> None:
+        nonlocal hook_calls
+        hook_calls += 1
+        if hook_calls == 1:
+            raise RuntimeError("hook broke once")
+
+    heartbeat = ProcessHeartbeat(store, "owner-x", 0.3, on_beat=hook)
+    real_beat = heartbeat.beat
+
+    async def flaky_beat() -> None:
+        if failures:
+            raise failures.pop(0)
+        await real_beat()
+
+    monkeypatch.setattr(heartbeat, "beat", flaky_beat)
+    heartbeat.start()
+    try:
+        async with asyncio.timeout(30):  # the loop goes on past both failures and the hook's
+            while hook_calls < 2:
+                await asyncio.sleep(0.02)
+        assert failures == [] and await store.client.exists(heartbeat.key)
+    finally:
+        await heartbeat.stop()
+
+
+async def test_abort_subscription_outlives_error_replies_and_unexpected_errors(
+    store: TaskStore, redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[BaseException] = [
+        ResponseError("OOM command not allowed when used memory > 'maxmemory'."),
+        RuntimeError("unexpected"),
+    ]
+    real_apply = AbortSubscriber._apply_marks
+
+    async def flaky_apply(self: AbortSubscriber) -> None:
+        if failures:
+            raise failures.pop(0)
+        await real_apply(self)
+
+    monkeypatch.setattr(AbortSubscriber, "_apply_marks", flaky_apply)
+    subscriber = acquire_abort_subscriber(redis_url, key_prefix)
+    try:
+        assert await subscriber.wait_ready(30)  # resubscribed after both failures
+        assert failures == []
+        reasons: list[str] = []
+        subscriber.register("t-sub", reasons.append)
+        await store.request_abort("t-sub", "operator")
+        async with asyncio.timeout(30):
+            while not reasons:
+                await asyncio.sleep(0.02)
+        assert reasons == ["operator"]
+    finally:
+        await subscriber.release()

@@ -12,7 +12,7 @@ from google.adk.events.event import Event
 from google.adk.runners import Runner
 from google.genai import types
 
-from agent_runtime import SEAL_METADATA_KEY, RedisSessionService, seal_session
+from agent_runtime import SEAL_METADATA_KEY, RedisSessionService, seal_session, seal_task_session
 from supervisor.client import SupervisorClient
 
 from .daemon_harness import Daemon
@@ -75,6 +75,28 @@ async def test_seal_answers_dangling_calls_once_and_is_idempotent(
     assert await seal_session(
         sessions, app_name="a", user_id="u", session_id="missing", reason="x"
     ) == []  # fmt: skip
+
+
+async def test_task_without_an_invocation_id_leaves_the_previous_turn_alone(
+    sessions: RedisSessionService,
+) -> None:
+    session = await sessions.create_session(app_name="a", user_id="u", session_id="s")
+    user = types.Content(role="user", parts=[types.Part(text="hi")])
+    answer = types.Content(role="model", parts=[types.Part(text="hello")])
+    await sessions.append_event(session, Event(invocation_id="inv-1", author="user", content=user))
+    await sessions.append_event(session, Event(invocation_id="inv-1", author="a", content=answer))
+    # The child recorded the app but was killed before its run's first event.
+    record = {"adk_app": "a", "user_id": "u", "session_id": "s", "state": "aborted"}
+    assert await seal_task_session(sessions, "t-1", record, "aborted", "killed") == []
+    stored = await sessions.get_session(app_name="a", user_id="u", session_id="s")
+    assert stored is not None and len(stored.events) == 2  # the completed turn is untouched
+
+    # Once the run's first event is in, its invocation id is recorded: that one is sealed.
+    await sessions.append_event(session, Event(invocation_id="inv-2", author="user", content=user))
+    record["invocation_id"] = "inv-2"
+    sealed = await seal_task_session(sessions, "t-2", record, "aborted", "killed")
+    assert [(e.invocation_id, e.error_code) for e in sealed] == [("inv-2", "INVOCATION_ABORTED")]
+    assert (sealed[0].custom_metadata or {})[SEAL_METADATA_KEY]["task_id"] == "t-2"
 
 
 async def test_daemon_abort_mid_tool_seals_session_for_the_next_turn(

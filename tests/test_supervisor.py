@@ -380,3 +380,15 @@ async def test_raw_abort_while_the_run_is_starting_is_not_lost(
     record = await client.wait(task, 60)
     assert record["state"] == "aborted" and record["reason"] == "too early"
     assert "arrived while it starts" in daemon.log()
+
+
+async def test_import_paths_can_be_disabled(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    apps = json.dumps({"weather": A + "weather_agent"})
+    start_daemon(ADK_SUPERVISOR_ALLOW_IMPORT_PATHS="false", ADK_SUPERVISOR_APPS=apps)
+    refused = await client.wait(await client.submit(A + "exit3_agent", "go", user_id="u"), 60)
+    assert refused["state"] == "failed" and "import paths are disabled" in refused["reason"]
+    assert "pid" not in refused
+    named = await client.wait(await client.submit("weather", "hi", user_id="u"), 60)
+    assert named["state"] == "completed"
