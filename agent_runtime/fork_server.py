@@ -24,7 +24,6 @@ wrote, not the whole ADK heap it shares with the server.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
 import json
@@ -85,13 +84,18 @@ def _stamp_marker(task_id: str) -> None:
 
 
 def _become_run(
-    spec: RunSpec, daemon: int, intermediate: int, log_fd: int, server: socket.socket
+    spec: RunSpec, daemon: int, intermediate: int, log_fd: int, go: int, server: socket.socket
 ) -> None:
     """In the forked run: wait to be the daemon's, take its session and run the spec."""
     while (parent := os.getppid()) != daemon:  # the intermediate exits right after the fork
         if parent != intermediate:  # the daemon died meanwhile: nobody would reap or kill us
             os._exit(127)
         time.sleep(0.0001)
+    # Run only once the daemon has our PID: the server writes "go" after its reply went
+    # out. If the server died first, the daemon retries the run elsewhere: we must not run.
+    if os.read(go, 1) != b"g":
+        os._exit(127)
+    os.close(go)
     if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != daemon:
         os._exit(127)
     os.setsid()
@@ -120,10 +124,12 @@ def _join_cgroup(cgroup: str) -> None:
         os.close(fd)
 
 
-def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> int:
+def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tuple[int, int]:
+    """Forks the run; returns its PID and the fd to write "go" to once the daemon knows it."""
     spec = RunSpec.from_json(request["spec"])
     cgroup: str | None = request.get("cgroup")
     log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    go_read, go_write = os.pipe()
     read_end, write_end = os.pipe()
     try:
         intermediate = os.fork()
@@ -137,7 +143,8 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> in
                 if pid == 0:
                     try:
                         os.close(write_end)
-                        _become_run(spec, daemon, me, log_fd, server)
+                        os.close(go_write)
+                        _become_run(spec, daemon, me, log_fd, go_read, server)
                     finally:
                         os._exit(127)
                 os.write(write_end, b"%d" % pid)
@@ -152,9 +159,11 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> in
         if write_end >= 0:
             os.close(write_end)
         os.close(log_fd)
+        os.close(go_read)
     if not data:
+        os.close(go_write)
         raise OSError(f"could not fork run {spec.task_id} (cgroup {cgroup})")
-    return int(data)
+    return int(data), go_write
 
 
 class _WarmUpAgent(BaseAgent):
@@ -206,15 +215,23 @@ def main() -> int:
         if not message:
             return 0
         reply: dict[str, object] = {}
+        go = -1
         try:
             request = json.loads(message)
             reply["task_id"] = request.get("task_id")  # the daemon checks replies stay in step
-            reply["pid"] = _fork_run(request, daemon, server)
+            reply["pid"], go = _fork_run(request, daemon, server)
         except Exception as exc:
             traceback.print_exc()
             reply["error"] = f"{type(exc).__name__}: {exc}"
-        with contextlib.suppress(BrokenPipeError):
+        try:
             server.send(json.dumps(reply).encode())
+            if go >= 0:
+                os.write(go, b"g")
+        except BrokenPipeError:
+            pass  # the daemon is gone: closing "go" unwritten ends the run unstarted
+        finally:
+            if go >= 0:
+                os.close(go)
 
 
 if __name__ == "__main__":

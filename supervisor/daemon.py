@@ -610,6 +610,7 @@ class Supervisor(OperatorMixin):
             # inside the container: sweep it before giving the container up.
             self.containment.kill(container, None, 0, signal.SIGKILL)
             self.containment.release(container)
+            log.error("task %s: spawn failed: %s", task_id, exc)
             await self._record(task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"})
             return
         finally:

@@ -96,6 +96,10 @@ def _fork_exec(
     return pid
 
 
+class _ServerGone(OSError):
+    """The fork server closed its socket before answering."""
+
+
 class ExecSpawner:
     """fork + exec of ``python -m agent_runtime.child`` (about 1 s of ADK import per run)."""
 
@@ -198,6 +202,13 @@ class ForkServerSpawner:
                     continue
                 try:
                     return await self._reply(spec.task_id)
+                except _ServerGone as exc:
+                    # A run it forked waits for "go", which a dead server never writes:
+                    # nothing of this request runs, so asking a new server is safe.
+                    log.warning("fork server lost (%s); restarting it", exc)
+                    self.close()
+                    if attempt == 2:
+                        raise OSError(f"the fork server failed twice: {exc}") from exc
                 except BaseException:
                     # It may still fork this run and answer late: a server out of step
                     # would hand the next run this one's PID. Never reuse it.
@@ -216,13 +227,16 @@ class ForkServerSpawner:
                         break
                     except BlockingIOError:
                         continue
+                    except ConnectionResetError:  # it died with our request unread
+                        reply = b""
+                        break
         except TimeoutError:
             raise OSError(
                 f"the fork server did not answer in {self.reply_timeout_s:g}s "
                 f"(still preloading? see {self.log_path})"
             ) from None
         if not reply:
-            raise OSError(f"the fork server exited while forking the run (see {self.log_path})")
+            raise _ServerGone(f"the fork server exited while forking the run (see {self.log_path})")
         answer = json.loads(reply)
         if answer.get("task_id") != task_id:
             raise OSError(

@@ -87,14 +87,19 @@ class Daemon:
     def descendants(self) -> list[psutil.Process]:
         """Every live process below the daemon but its fork server: what runs left behind."""
         try:
-            return [
-                p
-                for p in psutil.Process(self.pid).children(recursive=True)
-                if p.status() != psutil.STATUS_ZOMBIE
-                and "agent_runtime.fork_server" not in p.cmdline()
-            ]
+            children = psutil.Process(self.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
+        found = []
+        for proc in children:
+            try:  # one that exits meanwhile is gone, not an error
+                if proc.status() != psutil.STATUS_ZOMBIE and (
+                    "agent_runtime.fork_server" not in proc.cmdline()
+                ):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
 
     def kill9(self) -> None:
         """SIGKILLs the daemon, as a crash would."""
