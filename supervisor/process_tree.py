@@ -170,10 +170,25 @@ class CgroupContainment:
             with contextlib.suppress(FileNotFoundError):
                 (container.cgroup / "cgroup.kill").write_text("1")
             return
+        procs: list[str] = []
         with contextlib.suppress(FileNotFoundError):
-            for pid in (container.cgroup / "cgroup.procs").read_text().split():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), sig)
+            procs = (container.cgroup / "cgroup.procs").read_text().split()
+        leaf = f"/{container.cgroup.name}"
+        for pid in map(int, procs):
+            # The PID may be reaped and reused after the read: hold it, then check that
+            # it is still in this leaf before signalling.
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                if any(line.startswith("0::") and line.endswith(leaf) for line in lines):
+                    signal.pidfd_send_signal(pidfd, sig)
+            except OSError:
+                pass
+            finally:
+                os.close(pidfd)
 
     def populated(self, container: RunContainer) -> bool:
         assert container.cgroup is not None
