@@ -249,10 +249,15 @@ async def _serve(settings: Settings, redis_url: str, embedded: bool) -> None:
 
         async def on_signals() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                # Kept open while stopping: a second Ctrl-C must not kill the daemon
+                # before it has recorded how its runs ended.
                 async for signum in signals:
-                    log.info("%s: stopping", signal.Signals(signum).name)
+                    name = signal.Signals(signum).name
+                    if supervisor.stopping:
+                        log.warning("%s: already stopping, recording how runs ended", name)
+                        continue
+                    log.info("%s: stopping", name)
                     supervisor.stop()
-                    return
 
         tg.start_soon(on_signals)
         await supervisor.serve()

@@ -195,6 +195,11 @@ class Supervisor(OperatorMixin):
         """Asks :meth:`serve` to kill its runs, record them and return."""
         self._stopping.set()
 
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
     async def _ensure_group(self) -> None:
         try:
             await self.client.xgroup_create(self.stream, RUNS_GROUP, id="0", mkstream=True)

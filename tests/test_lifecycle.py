@@ -66,6 +66,22 @@ async def test_shutdown_kill_records_aborted_and_exits_0(
     assert not daemon.socket_path.exists()
 
 
+async def test_second_ctrl_c_does_not_cut_the_shutdown_short(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # Drain with a deadline: the first SIGINT starts a shutdown that takes a while.
+    daemon = start_daemon(ADK_SUPERVISOR_ON_SHUTDOWN="drain", ADK_SUPERVISOR_DRAIN_TIMEOUT_S="2")
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGINT)
+    await asyncio.sleep(0.5)
+    assert _signal_and_wait(daemon, signal.SIGINT) == 0
+    record = await client.get(task)
+    assert record["state"] == "aborted" and "drain deadline" in record["reason"]
+    assert "already stopping" in daemon.log()
+
+
 async def test_shutdown_drain_lets_runs_finish(
     start_daemon: Callable[..., Daemon], client: SupervisorClient
 ) -> None:
