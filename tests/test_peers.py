@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,13 +12,14 @@ import psutil
 import pytest
 
 from agent_runtime import RedisSessionService
-from agent_runtime.task_store import TERMINAL_STATES, TaskState
+from agent_runtime.task_store import TaskState
 from supervisor.client import SupervisorClient
 from supervisor.daemon import RUNS_GROUP, runs_stream
 from supervisor.peers import node_tasks_key, nodes_key
 from supervisor.process_tree import boot_id
 
 from .daemon_harness import Daemon, until_state
+from .history import terminal_events
 
 pytestmark = pytest.mark.anyio
 
@@ -45,19 +45,6 @@ def start_node(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[Call
         daemon.stop()
 
 
-async def _terminal_events(client: SupervisorClient, task_id: str) -> list[dict[str, object]]:
-    """The task's terminal events in the history stream (appended just after the record)."""
-    found: list[dict[str, object]] = []
-    for _ in range(100):
-        history = await client.client.xrange(f"{client.store.key_prefix}task-history")
-        events = [json.loads(fields[b"event"]) for _, fields in history]
-        found = [e for e in events if e["task_id"] == task_id and e["state"] in TERMINAL_STATES]
-        if found:
-            break
-        await asyncio.sleep(0.05)
-    return found
-
-
 async def test_peer_fails_the_runs_of_a_node_whose_daemon_died(
     start_node: Callable[..., Daemon], client: SupervisorClient
 ) -> None:
@@ -69,7 +56,7 @@ async def test_peer_fails_the_runs_of_a_node_whose_daemon_died(
     failed = await until_state(client, task, "failed", timeout=30)
     assert failed["reason"].startswith(f"orphaned: node {dead.node_id} stopped heartbeating")
     assert f"taken over by {survivor.node_id}" in failed["reason"]
-    assert len(await _terminal_events(client, task)) == 1
+    assert len(await terminal_events(client.store, task)) == 1
     assert f"took over node {dead.node_id}" in survivor.log()
     # The survivor goes on serving, and the dead node left the registry.
     done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
@@ -107,7 +94,7 @@ async def test_two_peers_take_over_a_gone_node_exactly_once(
     assert done["node_id"] in {n.node_id for n in nodes}
     time.sleep(0.5)  # let a second, racing takeover finish its writes
     for task_id in [*orphans, queued]:
-        assert len(await _terminal_events(client, task_id)) == 1, task_id
+        assert len(await terminal_events(client.store, task_id)) == 1, task_id
     assert b"ghost" not in await redis.smembers(nodes_key(prefix))
     consumers = await redis.xinfo_consumers(stream, RUNS_GROUP)
     assert all(c["name"] not in ("ghost", b"ghost") for c in consumers)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import sys
@@ -29,6 +28,7 @@ from agent_runtime import (
 )
 from agent_runtime.task_store import TaskState, TaskStore
 
+from .history import terminal_events
 from .plugin_agents import (
     ABORT_MESSAGE,
     ToolGate,
@@ -41,7 +41,6 @@ from .plugin_agents import (
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = ("completed", "failed", "aborted", "timed_out")
 
 
 @pytest.fixture
@@ -91,12 +90,6 @@ async def _run(runner: Runner, session_id: str, text: str = "go", **meta: Any) -
     ]
 
 
-async def _terminal_events(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
-    history = await store.client.xrange(store.history_stream)
-    events = [json.loads(fields[b"event"]) for _, fields in history]
-    return [e for e in events if e["task_id"] == task_id and e["state"] in TERMINAL]
-
-
 async def _only_task(store: TaskStore) -> str:
     keys = [k.decode() async for k in store.client.scan_iter(f"{store.key_prefix}task:*")]
     assert len(keys) == 1, keys
@@ -118,7 +111,7 @@ async def test_completed_run_is_recorded_with_progress(
     assert (record["app"], record["user_id"], record["session_id"]) == ("papp", "u", "s1")
     assert record["model_calls"] == "2" and record["tool_calls"] == "1"
     assert record["current_agent"] == "weather" and float(record["last_event_at"]) > 0
-    assert len(await _terminal_events(store, task_id)) == 1
+    assert len(await terminal_events(store, task_id)) == 1
     assert not await store.client.hexists(f"{store.key_prefix}plugin-running", task_id)
 
 
@@ -143,7 +136,7 @@ async def test_tool_or_model_error_is_recorded_failed(
     assert record is not None
     assert record["state"] == "failed" and error in record["reason"]
     assert record["error"] == record["reason"]
-    assert len(await _terminal_events(store, "job-1")) == 1
+    assert len(await terminal_events(store, "job-1")) == 1
 
 
 async def test_publish_aborts_run_in_slow_tool_through_adk_abort(
@@ -167,7 +160,7 @@ async def test_publish_aborts_run_in_slow_tool_through_adk_abort(
     assert not gate.finished
     record = await store.get("t-abort")
     assert record is not None and record["state"] == "aborted" and record["reason"] == "operator"
-    assert len(await _terminal_events(store, "t-abort")) == 1
+    assert len(await terminal_events(store, "t-abort")) == 1
     # ADK's own abort sealed the dangling call: the session is valid for the next turn.
     session = await sessions.get_session(app_name="papp", user_id="u", session_id="s1")
     assert session is not None
@@ -261,7 +254,7 @@ async def test_supervised_child_adds_progress_and_leaves_state_to_the_daemon(
     assert record is not None and record["state"] == "running"  # the daemon records the end
     assert record["tool_calls"] == "1" and record["model_calls"] == "2"
     assert record["invocation_id"] == events[-1].invocation_id and record["adk_app"] == "papp"
-    assert await _terminal_events(store, "sup-1") == []
+    assert await terminal_events(store, "sup-1") == []
 
 
 async def test_plugin_built_before_the_task_id_is_set_still_runs_supervised(
@@ -281,7 +274,7 @@ async def test_plugin_built_before_the_task_id_is_set_still_runs_supervised(
     record = await store.get("sup-late")
     assert record is not None and record["state"] == "running"  # the daemon records the end
     assert record["tool_calls"] == "1" and record["invocation_id"] == events[-1].invocation_id
-    assert await _terminal_events(store, "sup-late") == []
+    assert await terminal_events(store, "sup-late") == []
     assert await _only_task(store) == "sup-late"  # no record of its own
     assert await store.client.hlen(f"{store.key_prefix}plugin-running") == 0
 
@@ -310,7 +303,7 @@ async def test_terminal_write_refused_by_redis_is_retried_until_it_lands(
     async with asyncio.timeout(30):  # the heartbeat loop retries the write
         while (await store.get("t-retry") or {}).get("state") != "completed":
             await asyncio.sleep(0.02)
-    assert len(await _terminal_events(store, "t-retry")) == 1
+    assert len(await terminal_events(store, "t-retry")) == 1
     async with asyncio.timeout(30):
         while await store.client.hexists(f"{store.key_prefix}plugin-running", "t-retry"):
             await asyncio.sleep(0.02)
@@ -347,7 +340,7 @@ async def test_duplicate_task_id_leaves_the_live_invocation_alone(
         await held
     record = await store.get("dup")
     assert record is not None and (record["state"], record["reason"]) == ("aborted", "operator")
-    assert len(await _terminal_events(store, "dup")) == 1
+    assert len(await terminal_events(store, "dup")) == 1
     assert not await store.client.hexists(index, "dup")
 
 

@@ -25,12 +25,12 @@ from agent_runtime.abort_subscriber import AbortSubscriber, acquire_abort_subscr
 from agent_runtime.plugin_recovery import ProcessHeartbeat
 from agent_runtime.task_store import TaskStore
 
+from .history import terminal_events
 from .plugin_agents import ABORT_MESSAGE, HistoryCheckingLlm, history_problems
 
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parent.parent
-TERMINAL = ("completed", "failed", "aborted", "timed_out")
 
 
 @pytest.fixture
@@ -85,12 +85,6 @@ async def _states(store: TaskStore, task_ids: list[str]) -> list[str]:
     return [(r or {}).get("state", "") for r in await store.get_many(task_ids)]
 
 
-async def _terminal_events(store: TaskStore, task_id: str) -> list[dict[str, Any]]:
-    history = await store.client.xrange(store.history_stream)
-    events = [json.loads(fields[b"event"]) for _, fields in history]
-    return [e for e in events if e["task_id"] == task_id and e["state"] in TERMINAL]
-
-
 async def test_kill9_process_tasks_are_failed_sealed_and_session_usable(
     spawn: Any, store: TaskStore, redis_url: str, key_prefix: str
 ) -> None:
@@ -111,7 +105,7 @@ async def test_kill9_process_tasks_are_failed_sealed_and_session_usable(
             record = await store.get(f"hold-{i}")
             assert record is not None and record["reason"].startswith("recovered: process")
             assert owner in record["reason"] and record["recovered_by"] == recoverer.owner
-            assert len(await _terminal_events(store, f"hold-{i}")) == 1
+            assert len(await terminal_events(store, f"hold-{i}")) == 1
         assert await store.client.hlen(f"{key_prefix}plugin-running") == 0
 
         # The killed invocation's tool call is answered as ADK's abort answers it.
@@ -161,7 +155,7 @@ async def test_two_processes_recovering_at_once_fail_each_task_exactly_once(
     for i in range(n):
         record = await store.get(f"hold-{i}")
         assert record is not None and record["state"] == "failed"
-        assert len(await _terminal_events(store, f"hold-{i}")) == 1
+        assert len(await terminal_events(store, f"hold-{i}")) == 1
 
 
 async def test_heartbeat_loop_outlives_error_replies_and_unexpected_errors(

@@ -26,6 +26,7 @@ from supervisor.process_tree import boot_id, find_writable_cgroup2, process_star
 from supervisor.redis_server import RedisServer
 
 from .daemon_harness import Daemon, until_state
+from .history import terminal_events
 
 pytestmark = pytest.mark.anyio
 
@@ -230,12 +231,9 @@ async def test_abort_racing_normal_exit_gives_one_terminal_state(
     for task in tasks:
         await client.abort(task, "race")
     states = {t: (await client.wait(t, 60))["state"] for t in tasks}
-    history = await client.client.xrange(f"{key_prefix}task-history")
+    await asyncio.sleep(0.5)  # a second, late terminal write would land by now
     for task in tasks:
-        terminal = [
-            e for _, f in history
-            if (e := json.loads(f[b"event"]))["task_id"] == task and e["state"] in ("completed", "failed", "aborted", "timed_out")
-        ]  # fmt: skip
+        terminal = await terminal_events(client.store, task)
         assert len(terminal) == 1, terminal
         assert terminal[0]["state"] == states[task]
 
