@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/abort_latency.py --mechanism pgroup
 	$(BIN)/python bench/spawn_latency.py
 	$(BIN)/python bench/reconcile_bench.py
+	$(BIN)/python bench/plugin_abort_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
