@@ -41,6 +41,7 @@ __all__ = [
     "process_start_ticks",
     "set_child_subreaper",
     "set_parent_death_signal",
+    "signal_marked",
 ]
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def _tagged_descendants(task_id: str) -> list[int]:
     return [pid for pid in descendants(os.getpid()) if _carries(pid, marker)]
 
 
-def _signal_tagged(pid: int, marker: bytes, sig: int) -> None:
+def signal_marked(pid: int, marker: bytes, sig: int) -> None:
     """Signals ``pid`` only if, while a pidfd holds it, it still carries ``marker``."""
     try:
         pidfd = os.pidfd_open(pid)
@@ -290,7 +291,7 @@ class PgroupContainment:
         # the daemon sweeps again until populated() is false, catching late forks.
         marker = f"{TASK_ENV}={container.task_id}".encode()
         for pid in _tagged_descendants(container.task_id):
-            _signal_tagged(pid, marker, sig)
+            signal_marked(pid, marker, sig)
 
     def populated(self, container: RunContainer) -> bool:
         return bool(_tagged_descendants(container.task_id))

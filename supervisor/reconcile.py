@@ -31,6 +31,7 @@ from .process_tree import (
     CgroupContainment,
     Containment,
     process_start_ticks,
+    signal_marked,
 )
 
 __all__ = ["ReconcileReport", "reconcile_node", "seal_orphans"]
@@ -55,14 +56,13 @@ class ReconcileReport:
 def _kill_marked(task_ids: set[str]) -> None:
     """SIGKILLs every process on the host that carries one of these runs' markers."""
     markers = {f"{TASK_ENV}={t}".encode() for t in task_ids}
-    for proc in psutil.process_iter():
+    for pid in psutil.pids():  # after a restart, escaped processes are nobody's children
         try:
-            environ = Path(f"/proc/{proc.pid}/environ").read_bytes()
+            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
         except OSError:
             continue
-        if markers.intersection(environ.split(b"\0")):
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
+        for marker in markers.intersection(environ):
+            signal_marked(pid, marker, signal.SIGKILL)
 
 
 def _kill_proven(pid: int, start_ticks: int) -> bool:
