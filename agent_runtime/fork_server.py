@@ -47,6 +47,7 @@ from google.genai import types
 from . import session_service  # noqa: F401  (preloaded for every run)
 from .app_loader import load_app
 from .child import RUN_ENV, TASK_ENV, RunSpec, execute
+from .process_control import join_cgroup, set_parent_death_signal
 
 __all__ = ["MARKER_ROOM", "PRELOAD_ENV", "SERVER_FD", "main"]
 
@@ -55,8 +56,6 @@ PRELOAD_ENV: Final = "ADK_SUPERVISOR_PRELOAD"
 # The server is exec'd with TASK_ENV set to this many placeholder bytes; each run
 # writes its task id over them (see _stamp_marker), so task ids may not be longer.
 MARKER_ROOM: Final = 128
-_PR_SET_PDEATHSIG: Final = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _stamp_marker(task_id: str) -> None:
@@ -96,7 +95,11 @@ def _become_run(
     if os.read(go, 1) != b"g":
         os._exit(127)
     os.close(go)
-    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0 or os.getppid() != daemon:
+    try:
+        set_parent_death_signal(signal.SIGKILL)
+    except OSError:
+        os._exit(127)
+    if os.getppid() != daemon:  # the daemon died before the prctl
         os._exit(127)
     os.setsid()
     server.close()
@@ -116,14 +119,6 @@ def _become_run(
     os._exit(code)
 
 
-def _join_cgroup(cgroup: str) -> None:
-    fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY)
-    try:
-        os.write(fd, b"0")
-    finally:
-        os.close(fd)
-
-
 def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tuple[int, int]:
     """Forks the run; returns its PID and the fd to write "go" to once the daemon knows it."""
     spec = RunSpec.from_json(request["spec"])
@@ -137,7 +132,7 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tu
             try:
                 os.close(read_end)
                 if cgroup:
-                    _join_cgroup(cgroup)
+                    join_cgroup(cgroup)
                 me = os.getpid()
                 pid = os.fork()
                 if pid == 0:

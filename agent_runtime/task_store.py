@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 from .redis_connection import as_text
 
 __all__ = [
+    "LIVE_STATES",
     "TERMINAL_STATES",
     "TaskState",
     "TaskStore",
@@ -65,6 +66,9 @@ class TaskState(enum.StrEnum):
 TERMINAL_STATES: Final = frozenset(
     {TaskState.COMPLETED, TaskState.FAILED, TaskState.TIMED_OUT, TaskState.ABORTED}
 )
+
+# States whose record names a process that should be alive (reconcile and peers check them).
+LIVE_STATES: Final = frozenset({TaskState.STARTING, TaskState.RUNNING})
 
 # Which states each state may be entered from.
 _ALLOWED_FROM: Final[dict[TaskState, tuple[TaskState, ...]]] = {

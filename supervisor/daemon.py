@@ -55,7 +55,6 @@ __all__ = ["RUNS_GROUP", "Supervisor", "runs_stream"]
 log = logging.getLogger("adk_supervisor")
 
 RUNS_GROUP = "supervisors"
-_REDIS_DOWN = REDIS_ERRORS
 
 
 def runs_stream(key_prefix: str) -> str:
@@ -161,7 +160,7 @@ class Supervisor(OperatorMixin):
                 await self._ensure_group()
                 await self.peers.register()
                 break
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 # Exiting would only make systemd restart us into the same outage.
                 log.warning("Redis unreachable at start (%s); retrying in %.1fs", exc, backoff)
                 await anyio.sleep(backoff)
@@ -283,7 +282,7 @@ class Supervisor(OperatorMixin):
                         self._on_abort(channel[prefix_len:], message["data"], received)
                     except Exception:  # one bad message must not stop the listener
                         log.exception("abort message on %s could not be handled", channel)
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("abort subscription lost (%s); resubscribing in %.2fs", exc, backoff)
             finally:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -367,7 +366,7 @@ class Supervisor(OperatorMixin):
             try:
                 await self._write(task_id, state, fields)
                 return
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 log.warning("Redis unreachable (%s): keeping %s=%s for later", exc, task_id, state)
         self._outbox.append((task_id, state, fields))
         if self._outbox_empty.is_set():
@@ -389,7 +388,7 @@ class Supervisor(OperatorMixin):
                 task_id, state, fields = self._outbox[0]
                 try:
                     await self._write(task_id, state, fields)
-                except _REDIS_DOWN:
+                except REDIS_ERRORS:
                     await anyio.sleep(0.2)
                     continue
                 self._outbox.popleft()
@@ -406,7 +405,7 @@ class Supervisor(OperatorMixin):
                 # the durable marks bound how late an abort can be, whatever happens.
                 await self._apply_abort_marks()
                 takeovers = await self.peers.sweep()
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 log.debug("housekeeping skipped: %s", exc)
                 continue
             for takeover in takeovers:
@@ -424,7 +423,7 @@ class Supervisor(OperatorMixin):
         runs = list(self.runs.values())
         try:
             records = await self.store.fields_many([r.spec.task_id for r in runs], ("state",))
-        except _REDIS_DOWN:
+        except REDIS_ERRORS:
             return
         for run, record in zip(runs, records, strict=True):
             state = record.get("state")
@@ -453,11 +452,11 @@ class Supervisor(OperatorMixin):
                     RUNS_GROUP, self.node_id, {self.stream: ">" if cursor is None else cursor},
                     count=1, block=None if backlog else 1000,
                 )  # fmt: skip
-            except _REDIS_DOWN as exc:
+            except REDIS_ERRORS as exc:
                 self._capacity.release()
                 log.warning("cannot read runs (%s); retrying", exc)
                 if "NOGROUP" in str(exc):  # the stream or its group was deleted
-                    with contextlib.suppress(*_REDIS_DOWN):
+                    with contextlib.suppress(*REDIS_ERRORS):
                         await self._ensure_group()
                 await anyio.sleep(0.5)
                 continue
@@ -486,7 +485,7 @@ class Supervisor(OperatorMixin):
         request = {as_text(k): as_text(v) for k, v in raw.items()}
         try:
             await self._start_and_watch(entry_id, request)
-        except _REDIS_DOWN as exc:
+        except REDIS_ERRORS as exc:
             # Before the spawn every step is a Redis call; the entry is not acknowledged
             # yet, so it stays pending here and is read again once Redis answers.
             log.warning("run %s: Redis failed while starting it (%s); retrying", entry_id, exc)
@@ -494,7 +493,7 @@ class Supervisor(OperatorMixin):
             self._claims += 1
         except Exception:  # one bad entry must not take the daemon (and every run) down
             log.exception("run %s could not be handled; dropping it", entry_id)
-            with contextlib.suppress(*_REDIS_DOWN):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self.client.xack(self.stream, RUNS_GROUP, entry_id)
         finally:
             self._capacity.release()
@@ -647,7 +646,7 @@ class Supervisor(OperatorMixin):
         })  # fmt: skip
         log.info("task %s started: app=%s pid=%d", task_id, request["app"], pid)
         # An abort published between the check above and registering the run found nothing to kill.
-        with contextlib.suppress(*_REDIS_DOWN):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._apply_abort_marks()
         try:
             await self._watch(run)
@@ -726,7 +725,7 @@ class Supervisor(OperatorMixin):
             fields["reason"] = "exited 0"
             return TaskState.COMPLETED, fields
         error = ""
-        with contextlib.suppress(*_REDIS_DOWN):
+        with contextlib.suppress(*REDIS_ERRORS):
             record = await self.store.get(run.spec.task_id)
             error = (record or {}).get("error", "")
         if os.WIFSIGNALED(status):

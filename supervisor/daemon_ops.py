@@ -42,8 +42,6 @@ __all__ = ["OperatorMixin", "package_version"]
 
 log = logging.getLogger("adk_supervisor")
 
-_REDIS_TROUBLE = REDIS_ERRORS
-
 
 def package_version() -> str:
     """The installed adk-supervisor version."""
@@ -186,7 +184,7 @@ class OperatorMixin:
                     # Back in the registry, should a peer have taken this node over.
                     pipe.sadd(nodes_key(self.settings.key_prefix), self.node_id)
                     await pipe.execute()
-        except _REDIS_TROUBLE as exc:
+        except REDIS_ERRORS as exc:
             if self.redis_healthy:
                 log.warning("Redis lost (%s): kills go on locally, records wait", exc)
             self.redis_healthy = False
@@ -239,7 +237,7 @@ class OperatorMixin:
                 await anyio.sleep(0.02)
         with anyio.move_on_after(10):
             await self._outbox_empty.wait()
-        with contextlib.suppress(*_REDIS_TROUBLE):
+        with contextlib.suppress(*REDIS_ERRORS):
             with anyio.fail_after(2):
                 await self.client.delete(node_heartbeat_key(self.settings.key_prefix, self.node_id))
         log.info("stopped: %s", self.summary())

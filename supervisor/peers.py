@@ -25,13 +25,11 @@ import time
 from dataclasses import dataclass
 
 from agent_runtime.redis_connection import as_text
-from agent_runtime.task_store import TaskStore
+from agent_runtime.task_store import LIVE_STATES, TaskStore
 
 __all__ = ["PeerWatch", "Takeover", "node_heartbeat_key", "node_tasks_key", "nodes_key"]
 
 log = logging.getLogger("adk_supervisor")
-
-_LIVE_STATES = ("starting", "running")
 
 
 def nodes_key(key_prefix: str) -> str:
@@ -115,7 +113,7 @@ class PeerWatch:
         failures: dict[str, dict[str, object]] = {
             task_id: {"reason": reason}
             for task_id, record in zip(task_ids, records, strict=True)
-            if record.get("state") in _LIVE_STATES and record.get("node_id") == node
+            if record.get("state") in LIVE_STATES and record.get("node_id") == node
         }
         moved = await self.store.fail_many(failures)
         if task_ids:

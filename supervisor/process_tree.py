@@ -16,7 +16,6 @@ exact tick count is needed for identity checks.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -26,6 +25,11 @@ from pathlib import Path
 from typing import Final, Literal, Protocol
 
 from agent_runtime.child import TASK_ENV
+from agent_runtime.process_control import (
+    join_cgroup,
+    set_child_subreaper,
+    set_parent_death_signal,
+)
 
 __all__ = [
     "PIDFD_SIGNAL_PROCESS_GROUP",
@@ -46,26 +50,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG: Final = 1
-_PR_SET_CHILD_SUBREAPER: Final = 36
 PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # Linux 6.9+
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _prctl(option: int, arg: int) -> None:
-    if _libc.prctl(option, arg, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def set_child_subreaper() -> None:
-    """Makes orphaned descendants reparent to this process instead of init."""
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
-
-
-def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
-    """In a child: receive ``sig`` when the thread that forked it exits."""
-    _prctl(_PR_SET_PDEATHSIG, sig)
 
 
 def boot_id() -> str:
@@ -116,11 +101,7 @@ class RunContainer:
     def preexec(self) -> None:
         """In the forked child, before exec: join the run's cgroup leaf."""
         if self.cgroup is not None:
-            fd = os.open(self.cgroup / "cgroup.procs", os.O_WRONLY)
-            try:
-                os.write(fd, b"0")
-            finally:
-                os.close(fd)
+            join_cgroup(self.cgroup)
 
     def adopt(self, pid: int) -> None:
         """From the daemon: move ``pid`` into the run's cgroup leaf (no-op if it is there)."""

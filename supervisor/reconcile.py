@@ -23,7 +23,7 @@ import psutil
 
 from agent_runtime.session_sealing import seal_task_session
 from agent_runtime.session_service import RedisSessionService
-from agent_runtime.task_store import TaskStore
+from agent_runtime.task_store import LIVE_STATES, TaskStore
 
 from .process_tree import (
     PIDFD_SIGNAL_PROCESS_GROUP,
@@ -38,7 +38,6 @@ __all__ = ["ReconcileReport", "reconcile_node", "seal_orphans"]
 
 log = logging.getLogger("adk_supervisor")
 
-_LIVE_STATES = ("starting", "running")
 _FIELDS = ("state", "pid", "start_ticks", "boot_id")
 
 
@@ -131,7 +130,7 @@ async def reconcile_node(
     finished: list[str] = []
     killed: set[str] = set()
     for task_id, record in zip(task_ids, records, strict=True):
-        if record.get("state") not in _LIVE_STATES:
+        if record.get("state") not in LIVE_STATES:
             finished.append(task_id)
             continue
         pid = int(record.get("pid") or 0)
