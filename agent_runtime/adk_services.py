@@ -13,7 +13,7 @@ from typing import Any
 
 from google.adk.cli.service_registry import ServiceRegistry, get_service_registry
 
-from .session_service import RedisSessionService
+from .sessions.service import RedisSessionService
 
 __all__ = ["SCHEMES", "register_session_service"]
 

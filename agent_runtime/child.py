@@ -12,43 +12,14 @@ to seal the session after it killed the run.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 import traceback
-from dataclasses import dataclass
-from typing import Any
 
-RUN_ENV = "ADK_SUPERVISOR_RUN"
-TASK_ENV = "ADK_SUPERVISOR_TASK_ID"
+from .run_spec import RUN_ENV, RunSpec
+
 EXIT_AGENT_ERROR = 1
 EXIT_BAD_SPEC = 2
-
-
-@dataclass(frozen=True, slots=True)
-class RunSpec:
-    """What one run does: the fields the daemon passes to the child."""
-
-    task_id: str
-    app_ref: str
-    app_name: str | None
-    user_id: str
-    session_id: str
-    message: str
-    redis_url: str
-    key_prefix: str
-    session_ttl: float | None
-
-    def to_json(self) -> str:
-        """The spec as the JSON the child reads."""
-        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
-
-    @classmethod
-    def from_json(cls, raw: str) -> RunSpec:
-        """Parses the JSON the daemon wrote."""
-        data: dict[str, Any] = json.loads(raw)
-        fields: dict[str, Any] = {f: data.get(f) for f in cls.__dataclass_fields__}
-        return cls(**fields)
 
 
 async def run(spec: RunSpec) -> None:
@@ -57,7 +28,7 @@ async def run(spec: RunSpec) -> None:
     from google.genai import types
 
     from .app_loader import load_app
-    from .session_service import RedisSessionService
+    from .sessions.service import RedisSessionService
     from .task_store import TaskStore
 
     loaded = load_app(spec.app_ref, spec.app_name)

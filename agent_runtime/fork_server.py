@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from google.adk.agents.base_agent import BaseAgent
 from google.adk.agents.invocation_context import InvocationContext
@@ -44,18 +44,13 @@ from google.adk.events.event import Event
 from google.adk.runners import InMemoryRunner
 from google.genai import types
 
-from . import session_service  # noqa: F401  (preloaded for every run)
 from .app_loader import load_app
-from .child import RUN_ENV, TASK_ENV, RunSpec, execute
+from .child import execute
 from .process_control import join_cgroup, set_parent_death_signal
+from .run_spec import PRELOAD_ENV, RUN_ENV, SERVER_FD, TASK_ENV, RunSpec
+from .sessions import service  # noqa: F401  (preloaded for every run)
 
-__all__ = ["MARKER_ROOM", "PRELOAD_ENV", "SERVER_FD", "main"]
-
-SERVER_FD: Final = 3
-PRELOAD_ENV: Final = "ADK_SUPERVISOR_PRELOAD"
-# The server is exec'd with TASK_ENV set to this many placeholder bytes; each run
-# writes its task id over them (see _stamp_marker), so task ids may not be longer.
-MARKER_ROOM: Final = 128
+__all__ = ["main"]
 
 
 def _stamp_marker(task_id: str) -> None:

@@ -20,15 +20,18 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
+from .keys import DEFAULT_PREFIX, KeySchema
 from .redis_connection import as_text
 
 __all__ = [
     "LIVE_STATES",
     "TERMINAL_STATES",
+    "InvalidTaskIdError",
     "TaskState",
     "TaskStore",
     "TransitionResult",
     "check_task_id",
+    "parse_abort_payload",
 ]
 
 # Task ids name files (run logs) and cgroup directories: no path separators, no
@@ -36,10 +39,14 @@ __all__ = [
 _TASK_ID = re.compile(r"[A-Za-z0-9_:@=+-][A-Za-z0-9_.:@=+-]{0,127}")
 
 
+class InvalidTaskIdError(ValueError):
+    """A task id that cannot name a task (its message says what is allowed)."""
+
+
 def check_task_id(task_id: str) -> str:
-    """Returns ``task_id`` if it is a valid task id, else raises ValueError saying why."""
+    """Returns ``task_id`` if it is a valid task id, else raises :class:`InvalidTaskIdError`."""
     if not _TASK_ID.fullmatch(task_id):
-        raise ValueError(
+        raise InvalidTaskIdError(
             f"invalid task id {task_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : @ = + -, "
             "not starting with '.'"
         )
@@ -149,29 +156,16 @@ def _flat(fields: Mapping[str, object]) -> list[str]:
 class TaskStore:
     """Reads and moves task records; the one implementation of the state machine."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str = "adk:") -> None:
+    def __init__(self, client: aioredis.Redis, key_prefix: str = DEFAULT_PREFIX) -> None:
         self.client = client
-        self.key_prefix = key_prefix
-        self.events_channel = f"{key_prefix}task-events"
-        self.history_stream = f"{key_prefix}task-history"
+        self.keys = KeySchema(key_prefix)
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
 
-    def task_key(self, task_id: str) -> str:
-        """The hash of one task."""
-        return f"{self.key_prefix}task:{task_id}"
-
-    def task_channel(self, task_id: str) -> str:
-        """The channel that carries one task's transitions."""
-        return f"{self.key_prefix}task-events:{task_id}"
-
-    def abort_channel(self, task_id: str) -> str:
-        """The channel whose messages abort one task."""
-        return f"{self.key_prefix}abort:{task_id}"
-
-    def abort_mark_key(self, task_id: str) -> str:
-        """The durable abort mark of one task (pub/sub alone can lose a message)."""
-        return f"{self.key_prefix}abort-mark:{task_id}"
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of every key this store touches."""
+        return self.keys.prefix
 
     @staticmethod
     def _event(task_id: str, state: str, at: float, detail: Mapping[str, object]) -> str:
@@ -187,8 +181,8 @@ class TaskStore:
             task_id, state.value, now, {k: v for k, v in fields.items() if k != "message"}
         )
         status, prev = await self._create(
-            keys=[self.task_key(task_id)],
-            args=[event, self.events_channel, self.task_channel(task_id), *_flat(record)],
+            keys=[self.keys.task(task_id)],
+            args=[event, self.keys.task_events, self.keys.task_channel(task_id), *_flat(record)],
         )
         applied = as_text(status) == "OK"
         if applied:
@@ -211,9 +205,9 @@ class TaskStore:
         sources = tuple(allowed_from) if allowed_from is not None else _ALLOWED_FROM[state]
         event = self._event(task_id, state.value, now, fields)
         status, prev = await self._transition(
-            keys=[self.task_key(task_id)],
-            args=[state.value, " ".join(s.value for s in sources), event, self.events_channel,
-                  self.task_channel(task_id), *_flat(fields)],
+            keys=[self.keys.task(task_id)],
+            args=[state.value, " ".join(s.value for s in sources), event, self.keys.task_events,
+                  self.keys.task_channel(task_id), *_flat(fields)],
         )  # fmt: skip
         status = as_text(status)
         if status == "OK":
@@ -236,9 +230,9 @@ class TaskStore:
                     events.append(event)
                     sources = " ".join(s.value for s in _ALLOWED_FROM[TaskState.FAILED])
                     await self._transition(
-                        keys=[self.task_key(task_id)],
-                        args=[TaskState.FAILED.value, sources, event, self.events_channel,
-                              self.task_channel(task_id), *_flat(f)],
+                        keys=[self.keys.task(task_id)],
+                        args=[TaskState.FAILED.value, sources, event, self.keys.task_events,
+                              self.keys.task_channel(task_id), *_flat(f)],
                         client=pipe,
                     )  # fmt: skip
                 replies = await pipe.execute()
@@ -247,7 +241,7 @@ class TaskStore:
                     if as_text(status) == "OK":
                         moved += 1
                         pipe.xadd(
-                            self.history_stream,
+                            self.keys.task_history,
                             {"event": event},
                             maxlen=HISTORY_MAXLEN,
                             approximate=True,
@@ -257,7 +251,7 @@ class TaskStore:
 
     async def _history(self, event: str) -> None:
         await self.client.xadd(
-            self.history_stream, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
+            self.keys.task_history, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
         )
 
     async def update(self, task_id: str, fields: Mapping[str, object]) -> None:
@@ -265,19 +259,19 @@ class TaskStore:
         flat = _flat(fields)
         if flat:
             await self.client.hset(
-                self.task_key(task_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True))
+                self.keys.task(task_id), mapping=dict(zip(flat[::2], flat[1::2], strict=True))
             )
 
     async def get(self, task_id: str) -> dict[str, str] | None:
         """The task record as strings, or None if there is none."""
-        raw = await self.client.hgetall(self.task_key(task_id))
+        raw = await self.client.hgetall(self.keys.task(task_id))
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
 
     async def get_many(self, task_ids: Iterable[str]) -> list[dict[str, str] | None]:
         """Records of many tasks in one pipelined round trip."""
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.hgetall(self.task_key(task_id))
+                pipe.hgetall(self.keys.task(task_id))
             replies = await pipe.execute()
         return [{as_text(k): as_text(v) for k, v in r.items()} if r else None for r in replies]
 
@@ -287,7 +281,7 @@ class TaskStore:
         """Only ``fields`` of many tasks, in one pipelined round trip (absent fields omitted)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
-                pipe.hmget(self.task_key(task_id), fields)
+                pipe.hmget(self.keys.task(task_id), fields)
             replies = await pipe.execute()
         return [
             {f: as_text(v) for f, v in zip(fields, values, strict=True) if v is not None}
@@ -300,8 +294,8 @@ class TaskStore:
         """Leaves the durable abort mark, then publishes the abort; returns the subscriber count."""
         payload = json.dumps({"action": "abort", "reason": reason or "aborted by request"})
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.abort_mark_key(task_id), payload, ex=ttl_s)
-            pipe.publish(self.abort_channel(task_id), payload)
+            pipe.set(self.keys.abort_mark(task_id), payload, ex=ttl_s)
+            pipe.publish(self.keys.abort_channel(task_id), payload)
             _, receivers = await pipe.execute()
         return int(receivers)
 
@@ -310,7 +304,7 @@ class TaskStore:
         ids = list(task_ids)
         if not ids:
             return {}
-        values = await self.client.mget([self.abort_mark_key(t) for t in ids])
+        values = await self.client.mget([self.keys.abort_mark(t) for t in ids])
         return {t: as_text(v) for t, v in zip(ids, values, strict=True) if v is not None}
 
 

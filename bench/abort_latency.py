@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import psutil
 import redis
 
-from supervisor.redis_server import RedisServer
+from supervisor.ops.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = "ADK_SUPERVISOR_TASK_ID"

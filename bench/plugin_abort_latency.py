@@ -44,7 +44,7 @@ from agent_runtime import (
     RedisSessionService,
 )
 from examples.scripted_llm import ScriptedLlm
-from supervisor.redis_server import RedisServer
+from supervisor.ops.redis_server import RedisServer
 
 _started = asyncio.Event()
 

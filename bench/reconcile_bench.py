@@ -4,7 +4,7 @@ Plants N (default 10,000) ``running`` records of one node in a private
 ``redis-server``, as a daemon that died with that many runs would leave them:
 most name PIDs that are gone, some name live processes of someone else (same
 PID, other start time: never signalled), and a few name records already
-terminal. Then times ``supervisor.reconcile.reconcile_node`` (pipelined reads,
+terminal. Then times ``supervisor.daemon.reconcile.reconcile_node`` (pipelined reads,
 one ``/proc`` start-time compare per record, pipelined compare-and-set writes)
 and checks that every live record ended ``failed`` and the foreign processes
 are untouched.
@@ -36,9 +36,9 @@ import uuid
 
 from agent_runtime.redis_connection import connect
 from agent_runtime.task_store import TaskStore
-from supervisor.process_tree import PgroupContainment, boot_id, process_start_ticks
-from supervisor.reconcile import reconcile_node
-from supervisor.redis_server import RedisServer
+from supervisor.daemon.reconcile import reconcile_node
+from supervisor.ops.redis_server import RedisServer
+from supervisor.process import PgroupContainment, boot_id, process_start_ticks
 
 
 async def _plant(store: TaskStore, node_key: str, n: int, foreign: list[int]) -> None:
@@ -52,7 +52,7 @@ async def _plant(store: TaskStore, node_key: str, n: int, foreign: list[int]) ->
             else:  # a PID far above pid_max here: surely gone
                 pid, ticks = 4_000_000 + i, 12345
             state = "completed" if i % 250 == 0 else "running"
-            pipe.hset(store.task_key(task_id), mapping={
+            pipe.hset(store.keys.task(task_id), mapping={
                 "task_id": task_id, "state": state, "node_id": "bench", "boot_id": boot,
                 "pid": pid, "start_ticks": ticks, "app": "bench", "user_id": "u",
             })  # fmt: skip
@@ -63,7 +63,7 @@ async def _plant(store: TaskStore, node_key: str, n: int, foreign: list[int]) ->
 async def _one(url: str, n: int, foreign: list[int]) -> dict[str, float]:
     client = connect(url)
     store = TaskStore(client, f"bench-{uuid.uuid4().hex[:6]}:")
-    node_key = f"{store.key_prefix}node:bench:tasks"
+    node_key = store.keys.node_tasks("bench")
     await _plant(store, node_key, n, foreign)
     report = await reconcile_node(store, node_key, boot_id(), PgroupContainment())
     states = await store.get_many([f"orphan-{i}" for i in range(n)])

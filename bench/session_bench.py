@@ -71,7 +71,7 @@ from google.adk.sessions.sqlite_session_service import SqliteSessionService
 from google.genai import types
 
 from agent_runtime import RedisSessionService
-from supervisor.redis_server import RedisServer
+from supervisor.ops.redis_server import RedisServer
 
 APP_NAME = "bench"
 USER_ID = "u"

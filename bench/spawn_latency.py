@@ -45,7 +45,7 @@ from google.adk.agents.invocation_context import InvocationContext
 from google.adk.events.event import Event
 
 from supervisor.client import SupervisorClient
-from supervisor.redis_server import RedisServer
+from supervisor.ops.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 STAMP_DIR_ENV = "ADK_BENCH_STAMP_DIR"

@@ -108,7 +108,7 @@ def cli() -> None:
     if args.redis_url:
         asyncio.run(main(args.redis_url))
         return
-    from supervisor.redis_server import RedisServer  # only the example needs a private server
+    from supervisor.ops.redis_server import RedisServer  # only the example needs a private server
 
     server = RedisServer()
     server.start()

@@ -1,33 +1,63 @@
-"""The adk-supervisor daemon, its configuration, CLI, status socket and client."""
+"""adk-supervisor: run Google ADK agents in supervised process trees, and control them.
 
-from .client import SupervisorClient, TaskExistsError, TaskNotFoundError, submit_task
-from .config import ConfigError, Settings, load_settings
-from .daemon import Supervisor
-from .redis_server import RedisServer, RedisServerError, find_redis_server
-from .sd_notify import SdNotifier
-from .socket_client import DaemonError, DaemonUnavailable
-from .socket_client import request as socket_request
-from .state_lock import StateDirLock, StateDirLocked
-from .status_socket import SocketInUseError, StatusSocketServer
+What users call: :class:`SupervisorClient` (submit, abort, read and wait for
+runs from any host), :class:`Settings` and :func:`load_settings` (the daemon's
+configuration), and the errors, all under :class:`SupervisorError`. The daemon
+itself is ``supervisor.daemon.Supervisor``; importing this package does not
+load it, nor ADK; the client and settings load redis-py and pydantic on first
+use (PEP 562), so ``adk-supervisor --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent_runtime._lazy import lazy_exports
+
+from .errors import (
+    ConfigError,
+    ContainmentError,
+    DaemonError,
+    DaemonUnavailable,
+    RedisServerError,
+    RequestError,
+    SocketInUseError,
+    SpawnError,
+    StateDirLocked,
+    SupervisorError,
+    TaskExistsError,
+    TaskNotFoundError,
+)
+
+if TYPE_CHECKING:
+    from .client import SupervisorClient, submit_task
+    from .config import Settings, load_settings
 
 __all__ = [
     "ConfigError",
+    "ContainmentError",
     "DaemonError",
     "DaemonUnavailable",
-    "RedisServer",
     "RedisServerError",
-    "SdNotifier",
+    "RequestError",
     "Settings",
     "SocketInUseError",
-    "StateDirLock",
+    "SpawnError",
     "StateDirLocked",
-    "StatusSocketServer",
-    "Supervisor",
     "SupervisorClient",
+    "SupervisorError",
     "TaskExistsError",
     "TaskNotFoundError",
-    "find_redis_server",
     "load_settings",
-    "socket_request",
     "submit_task",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "SupervisorClient": ".client",
+        "submit_task": ".client",
+        "Settings": ".config",
+        "load_settings": ".config",
+    },
+)

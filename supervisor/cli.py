@@ -7,6 +7,12 @@ directly (``--redis-url`` or ``redis_url``), which works from any host.
 Exit codes: 0 success (``wait``: the task completed), 1 the task ended in
 another state or the command failed, 2 bad usage or configuration, 3 no daemon
 or Redis reachable, 4 no such task, 124 ``wait`` timed out.
+
+Heavy modules load only for the commands that need them: ``--help`` needs none,
+``status`` and ``submit`` through the local daemon need the socket client and
+the settings, the Redis client loads only to talk to Redis directly, and the
+daemon (with its spawners) only for ``run``. Every call answers in well under
+a second; none imports ADK.
 """
 
 from __future__ import annotations
@@ -22,20 +28,23 @@ import textwrap
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from .errors import (
+    ConfigError,
+    DaemonError,
+    DaemonUnavailable,
+    RedisServerError,
+    SocketInUseError,
+    StateDirLocked,
+    SupervisorError,
+    TaskNotFoundError,
+)
+from .ops.logs import setup_logging
 
-from .client import SupervisorClient, TaskNotFoundError
-from .config import ConfigError, Settings, find_config_path, load_settings, unknown_env_vars
-from .daemon import Supervisor
-from .logs import setup_logging
-from .redis_server import RedisServer, RedisServerError
-from .socket_client import DaemonError, DaemonUnavailable, request
-from .state_lock import StateDirLock, StateDirLocked
-from .status_socket import SocketInUseError
+if TYPE_CHECKING:
+    from .client import SupervisorClient
+    from .config import Settings
 
 __all__ = ["main"]
 
@@ -217,6 +226,11 @@ def _status_text(status: dict[str, Any]) -> None:
 
 
 def _run_daemon(settings: Settings, redis_url: str | None) -> int:
+    import anyio
+
+    from .ops.redis_server import RedisServer
+    from .ops.state_lock import StateDirLock
+
     try:
         lock = StateDirLock(settings.state_dir)
         lock.acquire()
@@ -243,8 +257,11 @@ def _run_daemon(settings: Settings, redis_url: str | None) -> int:
 
 
 async def _serve(settings: Settings, redis_url: str, embedded: bool) -> None:
-    supervisor = Supervisor(settings, redis_url=redis_url)
-    supervisor.embedded_redis = embedded
+    import anyio
+
+    from .daemon import Supervisor
+
+    supervisor = Supervisor(settings, redis_url=redis_url, embedded_redis=embedded)
     async with anyio.create_task_group() as tg:
 
         async def on_signals() -> None:
@@ -266,6 +283,8 @@ async def _serve(settings: Settings, redis_url: str, embedded: bool) -> None:
 
 async def _daemon_redis(socket: Path) -> tuple[str, str] | None:
     """The local daemon's Redis URL and key prefix, or None if no daemon answers."""
+    from .control.client import request
+
     try:
         reply = await request(socket, "ping", timeout_s=10)
     except DaemonUnavailable:
@@ -282,6 +301,8 @@ def _no_daemon(socket: Path) -> CliError:
 
 
 async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
+    from .control.client import request
+
     socket: Path = args.socket or settings.status_socket
     if args.command in ("status", "ps", "drain"):
         try:
@@ -308,45 +329,52 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
     else:
         raise _no_daemon(socket)
 
-    async with SupervisorClient(url, prefix) as client:
-        if args.command == "submit":
-            if local is not None:
-                reply = await request(socket, "submit", app=args.app, message=args.message,
-                                      user_id=args.user_id, session_id=args.session_id,
-                                      task_id=args.task_id, timeout_s=args.timeout)  # fmt: skip
-                task_id = reply["task_id"]
-                if reply.get("warning"):
-                    print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
-            else:
+    if args.command == "submit":
+        if local is not None:
+            reply = await request(socket, "submit", app=args.app, message=args.message,
+                                  user_id=args.user_id, session_id=args.session_id,
+                                  task_id=args.task_id, timeout_s=args.timeout)  # fmt: skip
+            task_id = reply["task_id"]
+            if reply.get("warning"):
+                print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
+        else:
+            async with _redis_client(url, prefix) as client:
                 task_id = await client.submit(args.app, args.message, user_id=args.user_id,
                                               session_id=args.session_id, task_id=args.task_id,
                                               timeout_s=args.timeout)  # fmt: skip
-            if not args.wait:
-                if args.json:
-                    _emit({"task_id": task_id}, True)
-                else:
-                    _print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
-                return EXIT_OK
-            return await _wait(client, task_id, None, args.json)
-        if args.command == "abort":
-            if local is not None:
-                reply = await request(socket, "abort", task_id=args.task_id, reason=args.reason)
-                heard = int(reply["abort_published_to"])
-            else:
+        if args.wait:
+            return await _wait(url, prefix, task_id, None, args.json)
+        if args.json:
+            _emit({"task_id": task_id}, True)
+        else:
+            _print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
+        return EXIT_OK
+    if args.command == "abort":
+        if local is not None:
+            reply = await request(socket, "abort", task_id=args.task_id, reason=args.reason)
+            heard = int(reply["abort_published_to"])
+        else:
+            async with _redis_client(url, prefix) as client:
                 heard = await client.abort(args.task_id, args.reason)
-            _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
-            return EXIT_OK
-        if args.command == "get":
+        _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
+        return EXIT_OK
+    if args.command == "get":
+        async with _redis_client(url, prefix) as client:
             _emit(await client.get(args.task_id), args.json)
-            return EXIT_OK
-        return await _wait(client, args.task_id, args.timeout, args.json)
+        return EXIT_OK
+    return await _wait(url, prefix, args.task_id, args.timeout, args.json)
 
 
-async def _wait(
-    client: SupervisorClient, task_id: str, limit_s: float | None, as_json: bool
-) -> int:
+def _redis_client(url: str, prefix: str) -> SupervisorClient:
+    from .client import SupervisorClient
+
+    return SupervisorClient(url, prefix)
+
+
+async def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: bool) -> int:
     try:
-        record = await client.wait(task_id, limit_s)
+        async with _redis_client(url, prefix) as client:
+            record = await client.wait(task_id, limit_s)
     except TimeoutError:
         raise CliError(
             f"task {task_id} did not end within {limit_s:g}s", EXIT_WAIT_TIMEOUT
@@ -356,6 +384,8 @@ async def _wait(
 
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
+    from .config import find_config_path
+
     source = find_config_path(args.config)
     data = settings.model_dump(mode="json")
     data["socket_mode"] = f"{settings.socket_mode:04o}"
@@ -382,6 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says Redis could not be reached (redis-py loaded only if it was used)."""
+    errors = sys.modules.get("redis.exceptions")
+    if errors is None:
+        return False
+    return isinstance(exc, errors.ConnectionError | errors.TimeoutError)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = _parser()
     try:
@@ -392,6 +430,8 @@ def _main(argv: Sequence[str] | None) -> int:
     for name, default in (("config", None), ("redis_url", None), ("socket", None), ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
+    from .config import load_settings, unknown_env_vars
+
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -405,33 +445,43 @@ def _main(argv: Sequence[str] | None) -> int:
             return _check_config(args, settings)
         if args.command == "run":
             return _run_daemon(settings, args.redis_url or settings.redis_url)
+        import anyio
+
         return anyio.run(_client_command, args, settings)
     except CliError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return exc.code
-    except (SocketInUseError, RedisServerError) as exc:
-        print(f"adk-supervisor: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except DaemonError as exc:
-        print(f"adk-supervisor: the daemon refused: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND if str(exc).startswith("no task") else EXIT_USAGE
     except TaskNotFoundError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except DaemonUnavailable as exc:
+        print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except DaemonError as exc:
+        print(f"adk-supervisor: the daemon refused: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SocketInUseError, RedisServerError) as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ValueError as exc:  # an invalid task id, or one that exists already
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (RedisConnectionError, RedisTimeoutError, DaemonUnavailable) as exc:
-        print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    except SupervisorError as exc:
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except ExceptionGroup as group:
         # The daemon's task group wraps a startup failure (a socket another daemon serves).
         leaf: BaseException = group
         while isinstance(leaf, BaseExceptionGroup):
             leaf = leaf.exceptions[0]
-        if isinstance(leaf, SocketInUseError | RedisServerError | OSError):
+        if isinstance(leaf, SupervisorError | OSError):
             print(f"adk-supervisor: {leaf}", file=sys.stderr)
             return EXIT_FAILED
         raise
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if _unreachable(exc):
+            print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        raise

@@ -1,4 +1,8 @@
-"""Python client of the supervisor: submit, abort, read and wait for tasks, over Redis alone."""
+"""Python client of the supervisor: submit, abort, read and wait for tasks, over Redis alone.
+
+Imports neither the daemon nor ADK, so a bot or a CLI call that only submits
+and waits loads what it needs in milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,17 @@ from typing import Any, Self
 import anyio
 import redis.asyncio as aioredis
 
+from agent_runtime.keys import DEFAULT_PREFIX
 from agent_runtime.redis_connection import connect
 from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore, check_task_id
 
-from .daemon import runs_stream
+from .errors import TaskExistsError, TaskNotFoundError
 
-__all__ = ["SupervisorClient", "TaskExistsError", "TaskNotFoundError", "submit_task"]
-
-
-class TaskNotFoundError(LookupError):
-    """No task record has that id."""
-
-
-class TaskExistsError(ValueError):
-    """A task with that id already exists."""
+__all__ = ["SupervisorClient", "submit_task"]
 
 
 async def submit_task(
     store: TaskStore,
-    stream: str,
     app: str,
     message: str,
     *,
@@ -35,7 +31,7 @@ async def submit_task(
     task_id: str | None = None,
     timeout_s: float | None = None,
 ) -> str:
-    """Creates the ``queued`` record and XADDs the run to ``stream``; returns the task id.
+    """Creates the ``queued`` record and XADDs the run to the runs stream; returns the task id.
 
     Shared by :class:`SupervisorClient` and the daemon's status socket, so both
     queue runs exactly alike.
@@ -56,17 +52,16 @@ async def submit_task(
         entry["session_id"] = session_id
     if timeout_s is not None:
         entry["timeout"] = str(timeout_s)
-    await store.client.xadd(stream, entry)  # type: ignore[arg-type]
+    await store.client.xadd(store.keys.runs, entry)  # type: ignore[arg-type]
     return task_id
 
 
 class SupervisorClient:
     """Talks to every supervisor sharing one Redis (any host)."""
 
-    def __init__(self, redis_url: str, key_prefix: str = "adk:") -> None:
+    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_PREFIX) -> None:
         self.client: aioredis.Redis = connect(redis_url)
         self.store = TaskStore(self.client, key_prefix)
-        self.stream = runs_stream(key_prefix)
 
     async def close(self) -> None:
         """Closes the Redis connections."""
@@ -90,7 +85,7 @@ class SupervisorClient:
     ) -> str:
         """Queues a run and returns its task id (the record is ``queued`` at once)."""
         return await submit_task(
-            self.store, self.stream, app, message, user_id=user_id,
+            self.store, app, message, user_id=user_id,
             session_id=session_id, task_id=task_id, timeout_s=timeout_s,
         )  # fmt: skip
 
@@ -108,7 +103,7 @@ class SupervisorClient:
     async def wait(self, task_id: str, timeout_s: float | None = None) -> dict[str, str]:
         """Waits until the task is terminal and returns its record (TimeoutError after ``timeout_s``)."""
         pubsub: Any = self.client.pubsub()
-        await pubsub.subscribe(self.store.task_channel(task_id))
+        await pubsub.subscribe(self.store.keys.task_channel(task_id))
         try:
             with anyio.fail_after(timeout_s):
                 while True:

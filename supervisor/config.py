@@ -25,9 +25,10 @@ from pydantic_settings import (
 
 from agent_runtime.redis_connection import redact_url
 
+from .errors import ConfigError
+
 __all__ = [
     "DEFAULT_CONFIG_PATH",
-    "ConfigError",
     "Settings",
     "find_config_path",
     "load_settings",
@@ -38,18 +39,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/adk-supervisor/config.toml")
 ENV_PREFIX = "ADK_SUPERVISOR_"
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; ``problems`` holds one readable line per problem."""
-
-    def __init__(self, problems: list[str], source: Path | None = None) -> None:
-        self.problems = problems
-        self.source = source
-        where = f" ({source})" if source else ""
-        super().__init__(
-            f"invalid configuration{where}:\n" + "\n".join(f"  - {p}" for p in problems)
-        )
 
 
 class Settings(BaseSettings):

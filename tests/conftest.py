@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from supervisor.client import SupervisorClient
-from supervisor.redis_server import RedisServer, RedisServerError
+from supervisor.errors import RedisServerError
+from supervisor.ops.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")

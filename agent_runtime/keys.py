@@ -1,0 +1,188 @@
+"""Every Redis key, stream and channel of adk-supervisor, in one place.
+
+Both packages, the daemon, the client, the runs and the plugin, build names
+only through :class:`KeySchema` (task, abort, node and plugin keys) and
+:class:`AppKeys` / :class:`SessionKeys` (the session service), so the layout
+the README documents is this module and nothing else.
+
+Session keys carry the app name as their Redis Cluster hash tag
+(``<prefix>{<app>}:...``), so that one atomic script can touch a session, its
+events, its indexes and the ``app:`` / ``user:`` state together. User and
+session ids are percent-encoded so that ``:`` inside an id can never make two
+different (user, session) pairs collide, and ``{``/``}`` inside an app name can
+never move the hash tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import quote, unquote
+
+__all__ = ["DEFAULT_PREFIX", "RUNS_GROUP", "AppKeys", "KeySchema", "SessionKeys", "decode_part"]
+
+DEFAULT_PREFIX: Final = "adk:"
+RUNS_GROUP: Final = "supervisors"
+"""The consumer group of the runs stream: every daemon sharing a Redis is one consumer."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    """Names of the task, abort, node and plugin keys under one ``key_prefix``."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    # -- tasks
+    def task(self, task_id: str) -> str:
+        """Hash: the task record."""
+        return f"{self.prefix}task:{task_id}"
+
+    @property
+    def task_events(self) -> str:
+        """Channel: every task's transitions, as JSON."""
+        return f"{self.prefix}task-events"
+
+    def task_channel(self, task_id: str) -> str:
+        """Channel: one task's transitions."""
+        return f"{self.prefix}task-events:{task_id}"
+
+    @property
+    def task_history(self) -> str:
+        """Capped stream: every transition, for history readers."""
+        return f"{self.prefix}task-history"
+
+    # -- aborts
+    def abort_channel(self, task_id: str) -> str:
+        """Channel: any message on it aborts the task."""
+        return f"{self.prefix}abort:{task_id}"
+
+    @property
+    def abort_pattern(self) -> str:
+        """The PSUBSCRIBE pattern that matches every abort channel."""
+        return f"{self.prefix}abort:*"
+
+    def task_of_abort_channel(self, channel: str) -> str:
+        """The task id an abort channel names."""
+        return channel[len(self.prefix) + len("abort:") :]
+
+    def abort_mark(self, task_id: str) -> str:
+        """String: the durable abort mark (pub/sub alone can lose a message)."""
+        return f"{self.prefix}abort-mark:{task_id}"
+
+    # -- the daemon's intake and nodes
+    @property
+    def runs(self) -> str:
+        """Stream: the runs clients submit; consumer group :data:`RUNS_GROUP`."""
+        return f"{self.prefix}runs"
+
+    @property
+    def nodes(self) -> str:
+        """Set: node ids that run (or ran) a daemon on this Redis."""
+        return f"{self.prefix}nodes"
+
+    def node_tasks(self, node_id: str) -> str:
+        """Set: a node's non-terminal tasks, read by its reconcile and by peers."""
+        return f"{self.prefix}node:{node_id}:tasks"
+
+    def node_heartbeat(self, node_id: str) -> str:
+        """String with a TTL: exists while the node's daemon reaches Redis."""
+        return f"{self.prefix}node:{node_id}:heartbeat"
+
+    # -- the in-process plugin
+    @property
+    def plugin_running(self) -> str:
+        """Hash: plugin tasks in ``running``, task id -> owning process."""
+        return f"{self.prefix}plugin-running"
+
+    def plugin_heartbeat(self, owner: str) -> str:
+        """String with a TTL: exists while the plugin process ``owner`` lives."""
+        return f"{self.prefix}plugin-heartbeat:{owner}"
+
+    # -- sessions
+    def app(self, app_name: str) -> AppKeys:
+        """The session keys of one app."""
+        return AppKeys.for_app(self.prefix, app_name)
+
+
+def _enc(value: str) -> str:
+    return quote(value, safe="-_.~@+=")
+
+
+def decode_part(value: str) -> str:
+    """Reverses the percent-encoding of an id inside a key or index member."""
+    return unquote(value)
+
+
+@dataclass(frozen=True, slots=True)
+class AppKeys:
+    """Keys shared by every session of one app."""
+
+    base: str
+
+    @classmethod
+    def for_app(cls, key_prefix: str, app_name: str) -> AppKeys:
+        """Builds the key base ``<prefix>{<app>}:`` of one app."""
+        if not app_name:
+            raise ValueError("app_name must be a non-empty string")
+        return cls(f"{key_prefix}{{{_enc(app_name)}}}:")
+
+    @property
+    def app_state(self) -> str:
+        """Hash of ``app:`` state, field = key without the prefix, value = JSON."""
+        return self.base + "app_state"
+
+    @property
+    def index(self) -> str:
+        """Sorted set of every session of the app: member ``<user>:<session>``, score = update time."""
+        return self.base + "idx"
+
+    @property
+    def expiry(self) -> str:
+        """Sorted set of sessions with a TTL: member ``<user>:<session>``, score = expiry (ms)."""
+        return self.base + "exp"
+
+    def user_state(self, user_id: str) -> str:
+        """Hash of ``user:`` state of one user."""
+        return f"{self.base}user_state:{_enc(user_id)}"
+
+    def user_index(self, user_id: str) -> str:
+        """Sorted set of one user's sessions: member ``<session>``, score = update time."""
+        return f"{self.base}uidx:{_enc(user_id)}"
+
+    def session(self, user_id: str, session_id: str) -> SessionKeys:
+        """Keys of one session."""
+        return SessionKeys(self, _enc(user_id), _enc(session_id))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """Keys of one session; the Lua scripts rebuild the same names from ``member``."""
+
+    app: AppKeys
+    user_part: str
+    session_part: str
+
+    @property
+    def member(self) -> str:
+        """The session's member in the app index: ``<user>:<session>``, both encoded."""
+        return f"{self.user_part}:{self.session_part}"
+
+    @property
+    def meta(self) -> str:
+        """Hash: ``ct`` create time, ``ut`` update time, ``rev``, ``seq`` (events), ``lei`` (last event id)."""
+        return f"{self.app.base}sess:{self.member}"
+
+    @property
+    def state(self) -> str:
+        """Hash of session-scoped state (JSON values)."""
+        return f"{self.app.base}state:{self.member}"
+
+    @property
+    def events(self) -> str:
+        """Hash: field = sequence number (1, 2, ...), value = event JSON."""
+        return f"{self.app.base}ev:{self.member}"
+
+    @property
+    def timestamps(self) -> str:
+        """Sorted set: member = sequence number, score = event timestamp."""
+        return f"{self.app.base}ts:{self.member}"

@@ -1,0 +1,52 @@
+"""What the daemon hands a run's process, and the names it hands it under.
+
+Imported by the daemon's spawners as well as by the run itself, so it must stay
+free of ADK imports: the daemon never loads ADK to start a run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = ["MARKER_ROOM", "PRELOAD_ENV", "RUN_ENV", "SERVER_FD", "TASK_ENV", "RunSpec"]
+
+RUN_ENV: Final = "ADK_SUPERVISOR_RUN"
+"""The exec spawner's child reads its :class:`RunSpec` (JSON) from this variable."""
+TASK_ENV: Final = "ADK_SUPERVISOR_TASK_ID"
+"""Every process of a run carries ``TASK_ENV=<task_id>`` in its exec-time environment:
+the pgroup sweep and reconcile find escaped processes by it."""
+PRELOAD_ENV: Final = "ADK_SUPERVISOR_PRELOAD"
+"""The fork server's apps to import at start (a JSON list of import paths)."""
+SERVER_FD: Final = 3
+"""The fork server's end of its ``SOCK_SEQPACKET`` socket to the daemon."""
+MARKER_ROOM: Final = 128
+"""The fork server is exec'd with ``TASK_ENV`` set to this many placeholder bytes; each
+run writes its task id over them, so task ids may not be longer."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """What one run does: the fields the daemon passes to the child."""
+
+    task_id: str
+    app_ref: str
+    app_name: str | None
+    user_id: str
+    session_id: str
+    message: str
+    redis_url: str
+    key_prefix: str
+    session_ttl: float | None
+
+    def to_json(self) -> str:
+        """The spec as the JSON the child reads."""
+        return json.dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, raw: str) -> RunSpec:
+        """Parses the JSON the daemon wrote."""
+        data: dict[str, Any] = json.loads(raw)
+        fields: dict[str, Any] = {f: data.get(f) for f in cls.__dataclass_fields__}
+        return cls(**fields)

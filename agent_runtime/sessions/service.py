@@ -1,0 +1,373 @@
+"""``RedisSessionService``: an ADK ``BaseSessionService`` on Redis with O(1) appends.
+
+Layout (see :mod:`agent_runtime.keys`): a session is a small meta hash, a state hash,
+an event hash keyed by sequence number and a sorted set of event timestamps;
+the app keeps ``app:`` state, per-user ``user:`` state and session indexes. An
+append is one EVALSHA that checks for a stale writer, stores the event, applies
+the state deltas, updates the indexes and slides the TTL, so its cost does not
+depend on how long the session already is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+import weakref
+from collections.abc import Sequence
+from typing import Any, Final, Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from google.adk.errors._stale_session_error import StaleSessionError
+from google.adk.errors.already_exists_error import AlreadyExistsError
+from google.adk.errors.session_not_found_error import SessionNotFoundError
+from google.adk.events.event import Event
+from google.adk.sessions import _session_util
+from google.adk.sessions.base_session_service import (
+    BaseSessionService,
+    GetSessionConfig,
+    ListSessionsResponse,
+)
+from google.adk.sessions.session import Session
+from google.adk.sessions.state import State
+from pydantic import TypeAdapter
+from typing_extensions import override
+
+from ..keys import AppKeys, SessionKeys, decode_part
+from ..redis_connection import as_text, connect, redact_url, translate_redis_errors
+from . import _scripts as scripts
+
+__all__ = ["RedisSessionService"]
+
+logger = logging.getLogger(__name__)
+
+_STALE_MESSAGE: Final = (
+    "The session has been modified in storage since it was loaded. "
+    "Please reload the session before appending more events."
+)
+_EVENTS = TypeAdapter(list[Event])
+# Query parameters of a session service URI that configure this service and are
+# not passed on to redis-py (which rejects unknown ones).
+_URI_OPTIONS: Final = ("key_prefix", "session_ttl")
+
+
+def _pairs(flat: Sequence[bytes | str]) -> dict[str, Any]:
+    """A Redis ``HGETALL`` reply (flat field/value list) of JSON values, decoded."""
+    return {as_text(flat[i]): json.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def _flatten(mapping: dict[str, Any]) -> list[str]:
+    """``[count, field, json, field, json, ...]`` for the scripts' ``hset_pairs``."""
+    out = [str(len(mapping))]
+    for key, value in mapping.items():
+        out.append(key)
+        out.append(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+def _merge(session_state: dict[str, Any], app: dict[str, Any], user: dict[str, Any]) -> None:
+    for key, value in app.items():
+        session_state[State.APP_PREFIX + key] = value
+    for key, value in user.items():
+        session_state[State.USER_PREFIX + key] = value
+
+
+def _split_uri(uri: str) -> tuple[str, dict[str, str]]:
+    """Separates this service's own query options from the Redis URL."""
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    own = {k: v for k, v in query if k in _URI_OPTIONS}
+    rest = [(k, v) for k, v in query if k not in _URI_OPTIONS]
+    return urlunsplit(parts._replace(query=urlencode(rest))), own
+
+
+class RedisSessionService(BaseSessionService):
+    """ADK session service backed by Redis (standalone, Sentinel-managed or Cluster).
+
+    Args:
+      redis_url: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS)
+        or ``unix:///path/redis.sock[?db=N]``.
+      key_prefix: prefix of every key, so several apps or tenants can share one Redis.
+      session_ttl: seconds a session lives after its last write (sliding);
+        ``None`` keeps sessions until deleted. ``app:`` and ``user:`` state never
+        expire with a session.
+      redis_client: an existing ``redis.asyncio`` client to use instead of
+        ``redis_url`` (for Sentinel or Cluster, or shared connection pools); the
+        caller keeps ownership and closes it.
+      uri: the form ADK's CLI service registry uses
+        (``adk web --session_service_uri redis://...``); its query may carry
+        ``key_prefix`` and ``session_ttl`` (``0`` or ``none`` = never expire).
+        Other keyword arguments the registry passes (``agents_dir``) are ignored.
+    """
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        key_prefix: str = "adk:",
+        session_ttl: float | None = 3600,
+        *,
+        redis_client: aioredis.Redis | None = None,
+        uri: str | None = None,
+        **registry_kwargs: Any,
+    ) -> None:
+        if registry_kwargs and uri is None:
+            raise TypeError(
+                f"unexpected keyword arguments {sorted(registry_kwargs)}; "
+                "only the uri= form (ADK's service registry) accepts extra arguments"
+            )
+        if uri is not None:
+            if redis_url is not None:
+                raise TypeError("pass either redis_url or uri, not both")
+            redis_url, options = _split_uri(uri)
+            key_prefix = options.get("key_prefix", key_prefix)
+            if "session_ttl" in options:
+                raw = options["session_ttl"].strip().lower()
+                session_ttl = None if raw in ("", "0", "none") else float(raw)
+        if session_ttl is not None and (
+            isinstance(session_ttl, bool)
+            or not isinstance(session_ttl, int | float)
+            or session_ttl <= 0
+        ):
+            raise ValueError(
+                f"session_ttl must be a positive number of seconds or None, got {session_ttl!r}"
+            )
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a string, got {type(key_prefix).__name__}")
+        self.key_prefix = key_prefix
+        self.session_ttl = session_ttl
+        self._ttl_ms = "0" if session_ttl is None else str(max(1, int(session_ttl * 1000)))
+        if redis_client is not None:
+            self._client = redis_client
+            self._owns_client = False
+            self._where = "the provided client"
+        else:
+            url = redis_url or "redis://localhost:6379"
+            self._client = connect(url)
+            self._owns_client = True
+            self._where = redact_url(url)
+        self._create = self._client.register_script(scripts.CREATE)
+        self._append = self._client.register_script(scripts.APPEND)
+        self._get = self._client.register_script(scripts.GET)
+        self._list = self._client.register_script(scripts.LIST)
+        # One lock per session serialises this process's appends to it, as
+        # DatabaseSessionService does: tasks sharing one Session object (parallel
+        # agents) must not fail each other's revision check.
+        self._append_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The ``redis.asyncio`` client this service uses."""
+        return self._client
+
+    async def close(self) -> None:
+        """Closes the Redis connections, unless the client was passed in."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _keys(self, app_name: str, user_id: str, session_id: str) -> SessionKeys:
+        for name, value in (
+            ("app_name", app_name),
+            ("user_id", user_id),
+            ("session_id", session_id),
+        ):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+        return AppKeys.for_app(self.key_prefix, app_name).session(user_id, session_id)
+
+    @override
+    async def create_session(
+        self,
+        *,
+        app_name: str,
+        user_id: str,
+        state: dict[str, Any] | None = None,
+        session_id: str | None = None,
+    ) -> Session:
+        session_id = session_id.strip() if session_id else None
+        session_id = session_id or str(uuid.uuid4())
+        keys = self._keys(app_name, user_id, session_id)
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        deltas = _session_util.extract_json_safe_state_delta(state or {})
+        now = time.time()
+        async with translate_redis_errors(self._where):
+            reply = await self._create(
+                keys=[keys.meta, keys.state, keys.app.app_state, keys.app.user_state(user_id),
+                      keys.app.user_index(user_id)],
+                args=[keys.app.base, keys.member, keys.session_part, repr(now), self._ttl_ms,
+                      *_flatten(deltas["session"]), *_flatten(deltas["app"]), *_flatten(deltas["user"])],
+            )  # fmt: skip
+        if as_text(reply[0]) == "EXISTS":
+            raise AlreadyExistsError(f"Session with id {session_id} already exists.")
+        session_state = json.loads(json.dumps(deltas["session"]))
+        _merge(session_state, _pairs(reply[1]), _pairs(reply[2]))
+        session = Session(
+            id=session_id,
+            app_name=app_name,
+            user_id=user_id,
+            state=session_state,
+            last_update_time=now,
+        )
+        session._storage_update_marker = "1"
+        return session
+
+    @override
+    async def get_session(
+        self,
+        *,
+        app_name: str,
+        user_id: str,
+        session_id: str,
+        config: GetSessionConfig | None = None,
+    ) -> Session | None:
+        session_id = session_id.strip() if isinstance(session_id, str) else session_id
+        keys = self._keys(app_name, user_id, session_id)
+        recent = (
+            ""
+            if config is None or config.num_recent_events is None
+            else str(config.num_recent_events)
+        )
+        after = (
+            ""
+            if config is None or config.after_timestamp is None
+            else repr(float(config.after_timestamp))
+        )
+        async with translate_redis_errors(self._where):
+            reply = await self._get(
+                keys=[keys.meta, keys.state, keys.events, keys.timestamps, keys.app.app_state,
+                      keys.app.user_state(user_id)],
+                args=[recent, after],
+            )  # fmt: skip
+        if reply is None:
+            return None
+        _ct, update_time, rev, state_flat, app_flat, user_flat, raw_events = reply
+        state = _pairs(state_flat)
+        _merge(state, _pairs(app_flat), _pairs(user_flat))
+        events = self._decode_events(raw_events)
+        session = Session(
+            id=session_id,
+            app_name=app_name,
+            user_id=user_id,
+            state=state,
+            events=events,
+            last_update_time=float(update_time),
+        )
+        session._storage_update_marker = as_text(rev)
+        return session
+
+    @staticmethod
+    def _decode_events(raw: Sequence[bytes | str | None]) -> list[Event]:
+        # One validate_json over a JSON array is several times faster than one per event.
+        items = [as_text(e) for e in raw if e is not None]
+        if not items:
+            return []
+        return _EVENTS.validate_json("[" + ",".join(items) + "]")
+
+    @override
+    async def list_sessions(
+        self, *, app_name: str, user_id: str | None = None
+    ) -> ListSessionsResponse:
+        app = AppKeys.for_app(self.key_prefix, app_name)
+        if user_id is not None and (not isinstance(user_id, str) or not user_id):
+            raise ValueError(f"user_id must be a non-empty string or None, got {user_id!r}")
+        index = app.index if user_id is None else app.user_index(user_id)
+        user_part = "" if user_id is None else app.session(user_id, "-").user_part
+        async with translate_redis_errors(self._where):
+            app_flat, rows, user_flat = await self._list(
+                keys=[index, app.app_state, app.expiry], args=[app.base, user_part]
+            )
+        app_state = _pairs(app_flat)
+        user_states = {
+            as_text(user_flat[i]): _pairs(user_flat[i + 1]) for i in range(0, len(user_flat), 2)
+        }
+        sessions = []
+        for member, _ct, update_time, rev, state_flat in rows:
+            user_part, _, session_part = as_text(member).partition(":")
+            state = _pairs(state_flat)
+            _merge(state, app_state, user_states.get(user_part, {}))
+            session = Session(
+                id=decode_part(session_part),
+                app_name=app_name,
+                user_id=decode_part(user_part),
+                state=state,
+                last_update_time=float(update_time),
+            )
+            session._storage_update_marker = as_text(rev)
+            sessions.append(session)
+        sessions.sort(key=lambda s: (s.last_update_time, s.user_id, s.id))
+        return ListSessionsResponse(sessions=sessions)
+
+    @override
+    async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
+        keys = self._keys(app_name, user_id, session_id.strip())
+        async with (
+            translate_redis_errors(self._where),
+            self._client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.delete(keys.meta, keys.state, keys.events, keys.timestamps)
+            pipe.zrem(keys.app.index, keys.member)
+            pipe.zrem(keys.app.user_index(user_id), keys.session_part)
+            pipe.zrem(keys.app.expiry, keys.member)
+            await pipe.execute()
+
+    @override
+    async def get_user_state(self, *, app_name: str, user_id: str) -> dict[str, Any]:
+        key = AppKeys.for_app(self.key_prefix, app_name).user_state(user_id)
+        async with translate_redis_errors(self._where):
+            stored = await self._client.hgetall(key)
+        return {as_text(k): json.loads(v) for k, v in stored.items()}
+
+    @override
+    async def append_event(self, session: Session, event: Event) -> Event:
+        if not isinstance(event, Event):
+            raise TypeError(f"event must be a google.adk Event, got {type(event).__name__}")
+        if not isinstance(session, Session):
+            raise TypeError(f"session must be a google.adk Session, got {type(session).__name__}")
+        if event.partial:
+            return event
+        self._apply_temp_state(session, event)
+        event = self._trim_temp_delta_state(event)
+        keys = self._keys(session.app_name, session.user_id, session.id)
+        delta = event.actions.state_delta if event.actions and event.actions.state_delta else {}
+        deltas = _session_util.extract_json_safe_state_delta(delta)
+        event_json = event.model_dump_json(exclude_none=True)
+        lock_key = (session.app_name, session.user_id, session.id)
+        lock = self._append_locks.get(lock_key)
+        if lock is None:
+            lock = self._append_locks[lock_key] = asyncio.Lock()
+        async with lock:
+            caller_last_id = session.events[-1].id if session.events else ""
+            async with translate_redis_errors(self._where):
+                reply = await self._append(
+                    keys=[keys.meta, keys.state, keys.events, keys.timestamps, keys.app.app_state,
+                          keys.app.user_state(session.user_id), keys.app.user_index(session.user_id)],
+                    args=[keys.app.base, keys.member, keys.session_part, self._ttl_ms,
+                          session._storage_update_marker or "", repr(session.last_update_time),
+                          caller_last_id, event.id, repr(event.timestamp), event_json,
+                          *_flatten(deltas["session"]), *_flatten(deltas["app"]),
+                          *_flatten(deltas["user"])],
+                )  # fmt: skip
+            status = as_text(reply[0])
+            if status == "NOTFOUND":
+                raise SessionNotFoundError(f"Session {session.id} not found.")
+            if status == "STALE":
+                raise StaleSessionError(_STALE_MESSAGE)
+            session._storage_update_marker = str(reply[1])
+            if status == "DUP":
+                session.last_update_time = float(reply[2])
+                if session.events and session.events[-1] == event:
+                    return event
+            else:
+                session.last_update_time = event.timestamp
+            return self._commit_event_to_session(session, event)

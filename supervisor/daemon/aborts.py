@@ -1,0 +1,66 @@
+"""The daemon's end of the abort feed: every abort goes to the run table, at once.
+
+Besides the live feed, the durable abort marks of every run are re-read every
+``recheck_interval_s``: a pub/sub link can be silently half-open (an idle NAT
+flow dropped), and the marks bound how late an abort can be, whatever happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from agent_runtime.abort_feed import Abort, AbortFeed
+from agent_runtime.redis_connection import REDIS_ERRORS
+
+from .runs import RunTable
+
+__all__ = ["AbortListener"]
+
+log = logging.getLogger("adk_supervisor")
+
+
+class AbortListener:
+    """Feeds aborts to a :class:`RunTable`; :meth:`run` serves until cancelled."""
+
+    def __init__(
+        self, client: aioredis.Redis, key_prefix: str, runs: RunTable, recheck_interval_s: float
+    ) -> None:
+        self._runs = runs
+        self._interval = recheck_interval_s
+        self._feed = AbortFeed(client, key_prefix, self._on_abort, runs.ids)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The feed and the periodic mark re-check; started once the feed is subscribed."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self._feed.run)
+            task_status.started()
+            while True:
+                await anyio.sleep(self._interval)
+                try:
+                    await self._feed.recheck()
+                except REDIS_ERRORS as exc:
+                    log.debug("abort mark re-check skipped: %s", exc)
+
+    async def recheck(self, task_ids: Iterable[str] | None = None) -> None:
+        """Applies the durable marks of ``task_ids`` (default: every run) now; raises Redis errors."""
+        await self._feed.recheck(task_ids)
+
+    def _on_abort(self, abort: Abort) -> None:
+        done = self._runs.abort(abort.task_id, abort.reason)
+        if done == "unknown":
+            log.info("abort for %s: not running on this node, ignored", abort.task_id)
+            return
+        if done == "parked":
+            log.info("abort for %s: arrived while it starts; killed once spawned", abort.task_id)
+            return
+        log.info(
+            "abort %s: kill sent %.2f ms after receipt",
+            abort.task_id,
+            (time.monotonic() - abort.received) * 1000,
+        )

@@ -1,0 +1,97 @@
+"""Admission: whether a runs-stream entry is a run this node may start. Pure, no I/O.
+
+Everything in a stream entry is untrusted (anyone who can XADD wrote it): each
+field is checked here, and a rejection says what is wrong and whether the entry
+named a task whose ``queued`` record should be failed with that reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from agent_runtime.task_store import InvalidTaskIdError, check_task_id
+
+from ..errors import SupervisorError
+
+__all__ = ["Rejected", "RunRequest", "admit", "resolve_app"]
+
+_REQUIRED = ("app", "user_id", "message")
+
+
+class Rejected(SupervisorError, ValueError):
+    """An entry this node will not run; ``task_id`` is set when its record may be failed."""
+
+    def __init__(self, message: str, task_id: str | None) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """An admitted run: every field checked, the app resolved to an import path."""
+
+    task_id: str
+    app: str
+    app_ref: str
+    user_id: str
+    session_id: str
+    message: str
+    timeout_s: float | None
+
+
+def resolve_app(app: str, apps: Mapping[str, str], allow_import_paths: bool) -> str:
+    """The import path of ``app``; ValueError naming the choices if it cannot run here."""
+    if app in apps:
+        return apps[app]
+    choices = ", ".join(sorted(apps)) or "none configured"
+    if ":" in app and not allow_import_paths:
+        raise ValueError(
+            f"app {app!r}: import paths are disabled here (allow_import_paths = false); "
+            f"name one of [apps] ({choices})"
+        )
+    if ":" in app:
+        return app
+    raise ValueError(
+        f"unknown app {app!r}: name one of [apps] ({choices}) "
+        "or give an import path 'package.module:attribute'"
+    )
+
+
+def admit(
+    entry: Mapping[str, str],
+    apps: Mapping[str, str],
+    *,
+    allow_import_paths: bool,
+    default_timeout_s: float | None,
+) -> RunRequest:
+    """The run an entry asks for; :class:`Rejected` says why not."""
+    task_id = entry.get("task_id") or ""
+    if not task_id:
+        raise Rejected("missing task_id", None)
+    try:
+        check_task_id(task_id)
+    except InvalidTaskIdError as exc:
+        # An id that cannot name a task must not touch any record.
+        raise Rejected(str(exc), None) from None
+    try:
+        for name in _REQUIRED:
+            if not entry.get(name):
+                raise ValueError(f"missing {name}")
+        app_ref = resolve_app(entry["app"], apps, allow_import_paths)
+        raw_timeout = entry.get("timeout")
+        timeout = float(raw_timeout) if raw_timeout else default_timeout_s
+        if timeout is not None and not (0 < timeout < math.inf):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+    except ValueError as exc:
+        raise Rejected(str(exc), task_id) from None
+    return RunRequest(
+        task_id=task_id,
+        app=entry["app"],
+        app_ref=app_ref,
+        user_id=entry["user_id"],
+        session_id=entry.get("session_id") or task_id,
+        message=entry["message"],
+        timeout_s=timeout,
+    )

@@ -1,0 +1,107 @@
+"""Health: the node's Redis heartbeat, its one-line status, and systemd's watchdog.
+
+The heartbeat key tells peers this node is alive; losing Redis is logged once,
+and the first heartbeat that lands again triggers ``on_redis_back`` (the node
+fences its runs then). The watchdog ping proves the event loop turns; it is
+sent only while the last heartbeat reached Redis recently enough.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from agent_runtime.keys import KeySchema
+from agent_runtime.redis_connection import REDIS_ERRORS
+
+from ..ops.sd_notify import SdNotifier, watchdog_interval
+
+__all__ = ["Health"]
+
+log = logging.getLogger("adk_supervisor")
+
+
+class Health:
+    """Owns the node's Redis health flag, its heartbeat and the sd_notify link."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        node_id: str,
+        interval_s: float,
+        notifier: SdNotifier,
+        summary: Callable[[], str],
+        running: Callable[[], int],
+        on_redis_back: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._node_id = node_id
+        self._interval = interval_s
+        self.notifier = notifier
+        self._summary = summary
+        self._running = running
+        self._on_redis_back = on_redis_back
+        self.redis_healthy = True
+        self._checked_at = time.monotonic()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """One heartbeat now, then the heartbeat and watchdog loops until cancelled."""
+        await self.beat()
+        async with anyio.create_task_group() as tg:
+            interval = watchdog_interval()
+            if interval is not None:
+                tg.start_soon(self._watchdog, interval)
+            task_status.started()
+            while True:
+                await anyio.sleep(self._interval)
+                await self.beat()
+
+    async def beat(self) -> None:
+        """Writes the heartbeat once and updates the health flag and ``STATUS=``."""
+        beat = json.dumps({"pid": os.getpid(), "at": time.time(), "runs": self._running()})
+        try:
+            with anyio.fail_after(max(self._interval, 1.0)):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.set(self._keys.node_heartbeat(self._node_id), beat,
+                             px=int(self._interval * 3000))  # fmt: skip
+                    # Back in the registry, should a peer have taken this node over.
+                    pipe.sadd(self._keys.nodes, self._node_id)
+                    await pipe.execute()
+        except REDIS_ERRORS as exc:
+            if self.redis_healthy:
+                log.warning("Redis lost (%s): kills go on locally, records wait", exc)
+            self.redis_healthy = False
+        else:
+            if not self.redis_healthy:
+                log.info("Redis back")
+                await self._on_redis_back()
+            self.redis_healthy = True
+            self._checked_at = time.monotonic()
+        self.notifier.status(self._summary())
+
+    async def forget(self) -> None:
+        """Deletes the heartbeat at a clean stop (peers need not wait for it to expire)."""
+        try:
+            with anyio.fail_after(2):
+                await self._client.delete(self._keys.node_heartbeat(self._node_id))
+        except REDIS_ERRORS:
+            pass
+
+    async def _watchdog(self, interval: float) -> None:
+        # This task runs on the event loop, so a ping proves the loop turns; it is only
+        # sent while the last heartbeat reached Redis recently enough.
+        stale_after = 3 * self._interval + 1
+        while True:
+            fresh = time.monotonic() - self._checked_at < stale_after
+            if self.redis_healthy and fresh:
+                self.notifier.watchdog()
+            await anyio.sleep(interval)

@@ -1,0 +1,230 @@
+"""Launch: the life of one run on this node, from its stream entry to its sealed session.
+
+entry -> admission -> abort mark checked -> ``starting`` recorded (the entry is
+acknowledged with it) -> container prepared -> spawned inside it -> registered
+in the run table -> ``running`` recorded -> watched until it exits, is killed
+or times out -> tree gone -> terminal state recorded -> session sealed if the
+supervisor killed it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.run_spec import RunSpec
+from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, parse_abort_payload
+
+from ..config import Settings
+from ..process.containment import Containment
+from ..process.identity import process_start_ticks
+from ..process.spawners import Spawner
+from .aborts import AbortListener
+from .admission import Rejected, RunRequest, admit
+from .intake import Entry
+from .outcome import ended_badly, outcome
+from .reaper import Reaper
+from .recorder import Recorder
+from .runs import ActiveRun, RunTable
+from .sealing import Sealer
+
+__all__ = ["Launcher", "NodeIdentity"]
+
+log = logging.getLogger("adk_supervisor")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """Who this daemon is, as its records say: node, boot, and the Redis its runs use."""
+
+    node_id: str
+    boot_id: str
+    redis_url: str
+
+
+class Launcher:
+    """Starts, watches and records the runs of one node."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        node: NodeIdentity,
+        *,
+        store: TaskStore,
+        recorder: Recorder,
+        runs: RunTable,
+        reaper: Reaper,
+        containment: Containment,
+        spawner: Spawner,
+        aborts: AbortListener,
+        sealer: Sealer,
+        log_dir: Path,
+    ) -> None:
+        self._settings = settings
+        self._node = node
+        self._store = store
+        self._node_tasks = store.keys.node_tasks(node.node_id)
+        self._recorder = recorder
+        self._runs = runs
+        self._reaper = reaper
+        self._containment = containment
+        self._spawner = spawner
+        self._aborts = aborts
+        self._sealer = sealer
+        self._log_dir = log_dir
+        self.finished: Counter[str] = Counter()
+        """Terminal states of the runs this node ran since it started."""
+
+    async def launch(self, entry: Entry) -> None:
+        """Runs one stream entry to its end; Redis errors before the spawn propagate
+        (the entry stays pending and is read again)."""
+        try:
+            request = admit(
+                entry.fields,
+                self._settings.apps,
+                allow_import_paths=self._settings.allow_import_paths,
+                default_timeout_s=self._settings.default_timeout_s,
+            )
+        except Rejected as exc:
+            log.warning("run request %r rejected: %s", entry.id, exc)
+            if exc.task_id is not None:
+                # Only a queued record: a stray entry must not end someone's live run.
+                await self._store.transition(
+                    exc.task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"},
+                    allowed_from=(TaskState.QUEUED,),
+                )  # fmt: skip
+            await entry.ack()
+            return
+        if not self._runs.begin_start(request.task_id):
+            # A duplicate entry of a run this daemon already handles: leave that one alone.
+            log.warning("run request %r: task %s is already being run here", entry.id,
+                        request.task_id)  # fmt: skip
+            await entry.ack()
+            return
+        try:
+            run = await self._start(entry, request)
+        finally:
+            self._runs.end_start(request.task_id)
+        if run is not None:
+            await self._supervise(run)
+
+    async def _start(self, entry: Entry, request: RunRequest) -> ActiveRun | None:
+        """Records ``starting``, spawns and registers the run; None if it must not run."""
+        task_id = request.task_id
+        marks = await self._store.abort_marks([task_id])
+        if task_id in marks:
+            await self._aborted_before_start(task_id, parse_abort_payload(marks[task_id])[0])
+            await entry.ack()
+            return None
+        if not await self._claim(entry, request):
+            return None
+        parked = self._runs.parked_abort(task_id)
+        if parked is not None:
+            await self._aborted_before_start(task_id, parked)
+            return None
+
+        spec = RunSpec(
+            task_id=task_id, app_ref=request.app_ref, app_name=None, user_id=request.user_id,
+            session_id=request.session_id, message=request.message,
+            redis_url=self._node.redis_url, key_prefix=self._settings.key_prefix,
+            session_ttl=self._settings.session_ttl_s,
+        )  # fmt: skip
+        container = self._containment.prepare(task_id)
+        with self._reaper.expecting() as expected:
+            try:
+                pid = await self._spawner.spawn(spec, container, self._log_dir / f"{task_id}.log")
+            except (OSError, ValueError) as exc:
+                # A half-started run (the fork server died or stalled mid-request) may be
+                # inside the container: sweep it before giving the container up.
+                self._containment.kill(container, None, 0, signal.SIGKILL)
+                self._containment.release(container)
+                log.error("task %s: spawn failed: %s", task_id, exc)
+                await self._recorder.record(
+                    task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"}
+                )
+                return None
+            early_exit = expected.take(pid)
+        # Unless reaped already, the PID is still this run's: nobody else reaps it.
+        pidfd = os.pidfd_open(pid) if early_exit is None else None
+        now = time.monotonic()
+        run = ActiveRun(
+            spec, container, pid, pidfd,
+            (process_start_ticks(pid) or 0) if pidfd is not None else 0,
+            now, None if request.timeout_s is None else now + request.timeout_s,
+        )  # fmt: skip
+        self._runs.add(run)
+        if early_exit is not None:
+            run.on_exit(early_exit)
+        else:
+            self._reaper.watch(pid, run.on_exit)
+        await self._recorder.record(task_id, TaskState.RUNNING, {
+            "pid": pid, "pgid": pid, "start_ticks": run.start_ticks,
+            "cgroup": str(container.cgroup or ""),
+        })  # fmt: skip
+        log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
+        # An abort published between the check above and registering the run found nothing to kill.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._aborts.recheck([task_id])
+        return run
+
+    async def _claim(self, entry: Entry, request: RunRequest) -> bool:
+        """Moves the record to ``starting`` for this node and acknowledges the entry."""
+        task_id = request.task_id
+        starting = {
+            "node_id": self._node.node_id, "boot_id": self._node.boot_id, "intent": "spawn",
+            "app": request.app, "user_id": request.user_id, "session_id": request.session_id,
+            "started_at": repr(time.time()),
+        }  # fmt: skip
+        added = await self._store.client.sadd(self._node_tasks, task_id)
+        moved = await self._store.transition(task_id, TaskState.STARTING, starting)
+        if moved.missing:
+            moved = await self._store.create(task_id, TaskState.STARTING, starting)
+        if not moved.applied and moved.previous == TaskState.STARTING.value:
+            # Our own start, cut short by a Redis error before the spawn (a spawned run
+            # would be in the run table): nothing runs, so it may simply go on.
+            (owner,) = await self._store.fields_many([task_id], ("node_id", "boot_id"))
+            if owner == {"node_id": self._node.node_id, "boot_id": self._node.boot_id}:
+                moved = TransitionResult(True, TaskState.STARTING.value)
+        await entry.ack()
+        if not moved.applied:
+            if added:
+                await self._store.client.srem(self._node_tasks, task_id)
+            log.info("task %s not started: it is already %s", task_id, moved.previous)
+        return moved.applied
+
+    async def _aborted_before_start(self, task_id: str, reason: str) -> None:
+        await self._recorder.record(task_id, TaskState.ABORTED, {"reason": reason})
+        log.info("task %s aborted before it started: %s", task_id, reason)
+
+    async def _supervise(self, run: ActiveRun) -> None:
+        """Watches the run to its end, records how it ended, seals its session if killed."""
+        try:
+            gone = await self._runs.watch(run)
+            error = ""
+            if ended_badly(run.exit, run.kill):
+                with contextlib.suppress(*REDIS_ERRORS):
+                    record = await self._store.get(run.task_id)
+                    error = (record or {}).get("error", "")
+            state, fields = outcome(run.exit, run.kill, error)
+            self.finished[state.value] += 1
+            duration = gone - run.started
+            fields["duration_s"] = f"{duration:.3f}"
+            await self._recorder.record(run.task_id, state, fields)
+        finally:
+            self._runs.remove(run)
+        killed = (
+            f" (tree gone {(gone - run.kill.sent_at) * 1000:.1f} ms after the kill)"
+            if run.kill is not None
+            else ""
+        )
+        log.info("task %s %s after %.2fs%s: %s", run.task_id, state.value, duration, killed,
+                 fields.get("reason"))  # fmt: skip
+        if run.kill is not None:
+            await self._sealer.seal_killed(run.task_id, state.value, str(fields.get("reason", "")))

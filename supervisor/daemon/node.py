@@ -1,0 +1,277 @@
+"""The node: one daemon's components, the order they start in, and how it stops.
+
+Start: subreaper, containment, spawner; then (retrying while Redis is away)
+reconcile this node's orphans, create the consumer group, register the node;
+then, under one task group, each started and ready before the next: reaper,
+recorder, abort listener, intake, peer watch, status socket, health (the first
+heartbeat), and ``READY=1``. Stop: drain or kill per ``on_shutdown``, wait for
+every run slot to come back and for the outbox to flush, forget the heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import redis.asyncio as aioredis
+from anyio.abc import TaskStatus
+
+from agent_runtime.process_control import set_child_subreaper
+from agent_runtime.redis_connection import REDIS_ERRORS, connect, redact_url
+from agent_runtime.task_store import TaskState, TaskStore
+
+from ..config import Settings
+from ..control.handler import ControlHandler
+from ..control.server import StatusSocketServer
+from ..ops.sd_notify import SdNotifier
+from ..process.containment import choose_containment
+from ..process.identity import boot_id
+from ..process.spawners import ExecSpawner, ForkServerSpawner, Spawner
+from .aborts import AbortListener
+from .admission import resolve_app
+from .health import Health
+from .intake import Intake
+from .launch import Launcher, NodeIdentity
+from .peers import PeerWatch, Takeover
+from .reaper import Reaper
+from .reconcile import ReconcileReport, reconcile_node
+from .recorder import Recorder
+from .runs import RunTable
+from .sealing import Sealer
+from .status import package_version, run_rows
+
+__all__ = ["Supervisor"]
+
+log = logging.getLogger("adk_supervisor")
+
+_START_BACKOFF_MAX_S = 10.0
+
+
+class Supervisor:
+    """One daemon: ``await Supervisor(settings).serve()`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        spawner: Spawner | None = None,
+        embedded_redis: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.redis_url = redis_url or settings.redis_url or "redis://localhost:6379/0"
+        self.node_id = settings.node_id
+        self.pid = os.getpid()
+        self.embedded_redis = embedded_redis
+        self.started_at = time.time()
+        self.log_dir = settings.state_dir / "logs"
+        self.client: aioredis.Redis = connect(self.redis_url)
+        self.store = TaskStore(self.client, settings.key_prefix)
+        self.spawner = spawner or (
+            ForkServerSpawner(list(settings.apps.values()), self.log_dir / "fork-server.log")
+            if settings.spawn_mode == "fork-server"
+            else ExecSpawner()
+        )
+        self.containment = choose_containment(settings.kill_mechanism, self.node_id)
+        self._identity = NodeIdentity(self.node_id, boot_id(), self.redis_url)
+        self._stopping = anyio.Event()
+
+        keys = self.store.keys
+        self.reaper = Reaper()
+        self.runs = RunTable(self.containment, self.reaper, settings.kill_grace_s)
+        self.recorder = Recorder(self.store, keys.node_tasks(self.node_id))
+        self.aborts = AbortListener(
+            self.client, settings.key_prefix, self.runs, settings.heartbeat_interval_s
+        )
+        self.sealer = Sealer(self.store, settings.session_ttl_s)
+        self.launcher = Launcher(
+            settings, self._identity, store=self.store, recorder=self.recorder, runs=self.runs,
+            reaper=self.reaper, containment=self.containment, spawner=self.spawner,
+            aborts=self.aborts, sealer=self.sealer, log_dir=self.log_dir,
+        )  # fmt: skip
+        self.intake = Intake(
+            self.client, keys, self.node_id, settings.max_concurrent_runs, self.launcher.launch
+        )
+        self.peers = PeerWatch(self.store, self.node_id, settings.node_dead_after_s)
+        self.health = Health(
+            self.client, keys, self.node_id, settings.heartbeat_interval_s,
+            SdNotifier.from_env(), self.summary, lambda: len(self.runs), self._fence,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Reconciles orphans, then serves until :meth:`stop`; kills remaining runs on the way out."""
+        set_child_subreaper()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.spawner.start()
+        log.info(
+            "adk-supervisor node=%s redis=%s kill_mechanism=%s spawner=%s max_concurrent_runs=%d",
+            self.node_id, redact_url(self.redis_url), self.containment.name, self.spawner.name,
+            self.settings.max_concurrent_runs,
+        )  # fmt: skip
+        try:
+            report = await self._join()
+            async with anyio.create_task_group() as tg:
+                await tg.start(self.reaper.run)
+                await tg.start(self.recorder.run)
+                await tg.start(self.aborts.run)
+                tg.start_soon(self.intake.run)
+                tg.start_soon(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
+                if report.failures:
+                    tg.start_soon(self.sealer.seal_orphans, report.failures)
+                await tg.start(self._status_socket().serve)
+                log.info("status socket at %s", self.settings.status_socket)
+                await tg.start(self.health.run)
+                self.health.notifier.ready(self.summary())
+                log.info("ready: reconcile done, abort subscription up, taking runs")
+                task_status.started()
+                await self._stopping.wait()
+                await self._shutdown()
+                tg.cancel_scope.cancel()
+        finally:
+            self.spawner.close()
+            with anyio.CancelScope(shield=True):
+                await self.client.aclose()
+
+    def stop(self) -> None:
+        """Asks :meth:`serve` to kill its runs, record them and return."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopping.is_set()
+
+    async def _join(self) -> ReconcileReport:
+        """Reconcile, consumer group, node registry: retried while Redis is away.
+
+        Exiting would only make systemd restart the daemon into the same outage.
+        """
+        backoff = 0.5
+        while True:
+            try:
+                report = await reconcile_node(
+                    self.store,
+                    self.store.keys.node_tasks(self.node_id),
+                    self._identity.boot_id,
+                    self.containment,
+                )
+                await self.intake.ensure_group()
+                await self.peers.register()
+            except REDIS_ERRORS as exc:
+                log.warning("Redis unreachable at start (%s); retrying in %.1fs", exc, backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, _START_BACKOFF_MAX_S)
+                continue
+            if report.failed:
+                log.warning(
+                    "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
+                )
+            return report
+
+    def _status_socket(self) -> StatusSocketServer:
+        settings = self.settings
+        return StatusSocketServer(
+            settings.status_socket, ControlHandler(self), mode=settings.socket_mode,
+            group=settings.socket_group, max_connections=settings.socket_max_connections,
+            idle_timeout_s=settings.socket_idle_timeout_s,
+        )  # fmt: skip
+
+    async def _took_over(self, takeover: Takeover) -> None:
+        if takeover.claimed:
+            self.intake.rescan_pending()
+        if takeover.failed:
+            await self.sealer.seal_orphans(takeover.failed)
+
+    async def _fence(self) -> None:
+        """After an outage: kill runs whose record a peer ended while this node was away."""
+        runs = list(self.runs)
+        try:
+            records = await self.store.fields_many([r.task_id for r in runs], ("state",))
+        except REDIS_ERRORS:
+            return
+        for run, record in zip(runs, records, strict=True):
+            state = record.get("state", "")
+            if state in {s.value for s in TaskState if s.terminal}:
+                self.runs.kill_ended_elsewhere(run.task_id, state)
+
+    async def _shutdown(self) -> None:
+        """The stop path: drain or kill per ``on_shutdown``, record every terminal state."""
+        self.intake.drain()
+        policy = self.settings.on_shutdown
+        self.health.notifier.stopping(f"stopping ({policy}): {self.summary()}")
+        log.info("shutting down (on_shutdown=%s): %d running runs", policy, len(self.runs))
+        drain_s = self.settings.drain_timeout_s
+        if policy == "drain" and len(self.runs):
+            with anyio.move_on_after(drain_s):
+                for run in self.runs:
+                    await run.finished.wait()
+            if len(self.runs):
+                log.warning("drain deadline of %gs passed: killing %d runs", drain_s,
+                            len(self.runs))  # fmt: skip
+        reason = (
+            "supervisor shutting down"
+            if policy == "kill"
+            else f"supervisor shutting down: drain deadline of {drain_s:g}s passed"
+        )
+        # Until every run slot is back: a run being spawned right now gets killed too.
+        with anyio.move_on_after(self.settings.kill_grace_s + 30):
+            while not self.intake.idle:
+                self.runs.kill_all(reason)
+                await anyio.sleep(0.02)
+        await self.recorder.wait_flushed(10)
+        await self.health.forget()
+        log.info("stopped: %s", self.summary())
+
+    # ------------------------------------------------------ operator surface
+
+    @property
+    def draining(self) -> bool:
+        """Whether this node stopped taking runs."""
+        return self.intake.draining
+
+    def drain(self) -> int:
+        """Stops taking new runs; running runs go on to their end. Returns how many run."""
+        if not self.intake.draining:
+            self.intake.drain()
+            log.info("draining: taking no new runs; %d running runs go on", len(self.runs))
+            self.health.notifier.status(self.summary())
+        return len(self.runs)
+
+    def check_app(self, app: str) -> None:
+        """Raises ValueError naming the choices if ``app`` cannot run on this node."""
+        resolve_app(app, self.settings.apps, self.settings.allow_import_paths)
+
+    def summary(self) -> str:
+        """One line for ``systemctl status`` and logs."""
+        done = sum(self.launcher.finished.values())
+        redis = "redis ok" if self.health.redis_healthy else "redis DOWN"
+        mode = ", draining" if self.draining else ""
+        return f"{len(self.runs)} running, {done} finished, {redis}{mode}"
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """What ``adk-supervisor status`` shows: node, health, counts and every running run."""
+        rows = run_rows(self.runs, self.settings.apps)
+        return {
+            "node_id": self.node_id,
+            "version": package_version(),
+            "pid": self.pid,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "redis": {
+                "url": redact_url(self.redis_url),
+                "connected": self.health.redis_healthy,
+                "embedded": self.embedded_redis,
+            },
+            "kill_mechanism": self.containment.name,
+            "spawner": self.spawner.name,
+            "draining": self.draining,
+            "max_concurrent_runs": self.settings.max_concurrent_runs,
+            "counts": {TaskState.RUNNING.value: len(rows), **self.launcher.finished},
+            "runs": rows,
+            "state_dir": str(self.settings.state_dir),
+            "socket_path": str(self.settings.status_socket),
+        }

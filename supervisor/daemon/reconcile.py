@@ -1,0 +1,128 @@
+"""Startup reconcile: no record of this node stays ``starting``/``running`` after its process died.
+
+A record's process is ours only if boot id, PID and start time all match; a
+PID that now belongs to someone else is never signalled. A live process that
+is proven ours is killed with its whole tree (cgroup leaf, else its group
+through a pidfd and every process carrying the run's marker) before the
+record is failed as orphaned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import psutil
+
+from agent_runtime.redis_connection import as_text
+from agent_runtime.task_store import LIVE_STATES, TaskStore
+
+from ..process.containment import Containment
+from ..process.identity import carries_marker, process_start_ticks, signal_proven
+from ..process.tree import run_marker
+
+__all__ = ["ReconcileReport", "reconcile_node"]
+
+log = logging.getLogger("adk_supervisor")
+
+_FIELDS = ("state", "pid", "start_ticks", "boot_id")
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileReport:
+    """What a reconcile did."""
+
+    examined: int
+    failed: int
+    killed: int
+    seconds: float
+    failures: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+
+
+def _kill_marked(task_ids: set[str]) -> None:
+    """SIGKILLs every process on the host that carries one of these runs' markers."""
+    markers = {run_marker(t) for t in task_ids}
+    for pid in psutil.pids():  # after a restart, escaped processes are nobody's children
+        try:
+            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+        except OSError:
+            continue
+        for marker in markers.intersection(environ):
+            signal_proven(pid, functools.partial(_carries, marker), signal.SIGKILL)
+
+
+def _carries(marker: bytes, pid: int) -> bool:
+    return carries_marker(pid, marker)
+
+
+def _started_at(ticks: int, pid: int) -> bool:
+    return process_start_ticks(pid) == ticks
+
+
+def _int(value: str | None) -> int:
+    # Redis content is untrusted: a field that is no number names no process.
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+async def reconcile_node(
+    store: TaskStore, node_tasks_key: str, boot: str, containment: Containment
+) -> ReconcileReport:
+    """Fails every ``starting``/``running`` record of this node whose process is gone or orphaned.
+
+    The report's ``failures`` are the records moved, for sealing their sessions.
+    """
+    began = time.monotonic()
+    task_ids = sorted(map(as_text, await store.client.smembers(node_tasks_key)))
+    records = await store.fields_many(task_ids, _FIELDS)
+    failures: dict[str, dict[str, object]] = {}
+    finished: list[str] = []
+    killed: set[str] = set()
+    for task_id, record in zip(task_ids, records, strict=True):
+        if record.get("state") not in LIVE_STATES:
+            finished.append(task_id)
+            continue
+        pid = _int(record.get("pid"))
+        ticks = _int(record.get("start_ticks"))
+        if record.get("boot_id") != boot:
+            reason = "orphaned: the node rebooted since the run started"
+        elif pid <= 0:
+            reason = "orphaned: the supervisor died while starting the run"
+        elif (now_ticks := process_start_ticks(pid)) != ticks:
+            reason = f"orphaned: process {pid} is gone" + (
+                "" if now_ticks is None else " (its PID now names another process)"
+            )
+        elif signal_proven(
+            pid, functools.partial(_started_at, ticks), signal.SIGKILL, with_group=True
+        ):
+            killed.add(task_id)
+            reason = "orphaned: killed at supervisor restart"
+        else:
+            reason = f"orphaned: process {pid} is gone"
+        failures[task_id] = {"reason": reason}
+    # Whatever escaped its group (setsid, double fork) carries the run's marker.
+    if failures:
+        _kill_marked(set(failures))
+    for container in containment.leftovers():
+        containment.kill(container, None, 0, signal.SIGKILL)
+        for _ in range(200):
+            if not containment.populated(container):
+                break
+            await anyio.sleep(0.005)
+        with contextlib.suppress(OSError):
+            containment.release(container)
+    moved = await store.fail_many(failures)
+    if failures or finished:
+        await store.client.srem(node_tasks_key, *failures, *finished)
+    for task_id, fields in failures.items():
+        log.warning("task %s failed at reconcile: %s", task_id, fields["reason"])
+    return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began, failures)

@@ -1,0 +1,85 @@
+"""The recorder: writes this node's transitions, and keeps them in order while Redis is away.
+
+A transition that cannot reach Redis goes to the outbox, and every later one
+queues behind it, so a record never sees ``aborted`` before ``running``. The
+outbox lives in memory: a daemon killed while it holds entries leaves those
+records to the next reconcile (which fails them as orphaned).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+import anyio
+from anyio.abc import TaskStatus
+
+from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.task_store import TaskState, TaskStore
+
+__all__ = ["Recorder"]
+
+log = logging.getLogger("adk_supervisor")
+
+_RETRY_S = 0.2
+
+
+class Recorder:
+    """Writes transitions now, or later in order; :meth:`run` is the flusher."""
+
+    def __init__(self, store: TaskStore, node_tasks_key: str) -> None:
+        self._store = store
+        self._node_tasks_key = node_tasks_key
+        self._outbox: deque[tuple[str, TaskState, dict[str, object]]] = deque()
+        self._wake = anyio.Event()
+        self._empty = anyio.Event()
+        self._empty.set()
+
+    @property
+    def backlog(self) -> int:
+        """Transitions waiting for Redis."""
+        return len(self._outbox)
+
+    async def record(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+        """Writes a transition now, or keeps it in order until Redis is back. Never raises
+        for Redis trouble."""
+        if not self._outbox:
+            try:
+                await self._write(task_id, state, fields)
+                return
+            except REDIS_ERRORS as exc:
+                log.warning("Redis unreachable (%s): keeping %s=%s for later", exc, task_id, state)
+        self._outbox.append((task_id, state, fields))
+        if self._empty.is_set():
+            self._empty = anyio.Event()
+        self._wake.set()
+
+    async def wait_flushed(self, timeout_s: float) -> bool:
+        """Waits up to ``timeout_s`` for the outbox to empty; True if it did."""
+        with anyio.move_on_after(timeout_s):
+            await self._empty.wait()
+        return self._empty.is_set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Flushes the outbox whenever it has entries, until cancelled."""
+        task_status.started()
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._outbox:
+                task_id, state, fields = self._outbox[0]
+                try:
+                    await self._write(task_id, state, fields)
+                except REDIS_ERRORS:
+                    await anyio.sleep(_RETRY_S)
+                    continue
+                self._outbox.popleft()
+                log.info("task %s: %s written after Redis came back", task_id, state)
+            self._empty.set()
+
+    async def _write(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+        result = await self._store.transition(task_id, state, fields)
+        if state.terminal:
+            await self._store.client.srem(self._node_tasks_key, task_id)
+        if not result.applied:
+            log.info("task %s: %s not recorded, already %s", task_id, state, result.previous)

@@ -1,0 +1,62 @@
+"""What ``adk-supervisor status`` and ``ps`` show of the runs: one row per run."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import psutil
+
+from ..process.tree import descendants
+from .runs import ActiveRun
+
+__all__ = ["package_version", "run_rows", "tree_usage"]
+
+
+def package_version() -> str:
+    """The installed adk-supervisor version."""
+    try:
+        return version("adk-supervisor")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def tree_usage(pid: int) -> tuple[int, float]:
+    """RSS bytes and CPU seconds of a process and all its descendants (0 for gone ones)."""
+    rss, cpu = 0, 0.0
+    # The tree from the kernel's children lists: psutil's recursive children() reads
+    # every process on the host, on the event loop, per run, per status request.
+    procs = []
+    for member in (pid, *descendants(pid)):
+        with contextlib.suppress(psutil.Error):
+            procs.append(psutil.Process(member))
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                cpu += times.user + times.system
+        except psutil.Error:
+            continue
+    return rss, cpu
+
+
+def run_rows(runs: Iterable[ActiveRun], apps: Mapping[str, str]) -> list[dict[str, Any]]:
+    """One row per run, with its tree's memory and CPU; apps shown by their [apps] name."""
+    now = time.monotonic()
+    by_ref = {ref: name for name, ref in apps.items()}
+    rows = []
+    for run in runs:
+        # A reaped leader's PID may name someone else by now: report nothing for it.
+        rss, cpu = tree_usage(run.pid) if run.pidfd is not None else (0, 0.0)
+        rows.append({
+            "task_id": run.task_id, "app": by_ref.get(run.spec.app_ref, run.spec.app_ref),
+            "user_id": run.spec.user_id, "session_id": run.spec.session_id,
+            "pid": run.pid, "elapsed_s": round(now - run.started, 3),
+            "timeout_in_s": None if run.deadline is None else round(run.deadline - now, 3),
+            "rss_bytes": rss, "cpu_s": round(cpu, 3), "killing": run.kill is not None,
+        })  # fmt: skip
+    return rows

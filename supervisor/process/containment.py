@@ -1,0 +1,222 @@
+"""The two ways to contain and kill a run's whole process tree.
+
+- ``cgroup``: each run gets a cgroup v2 leaf, joined before the run executes any
+  code of its own; the kill is ``cgroup.kill`` and the tree is gone when
+  ``cgroup.events`` says ``populated 0``. Nothing escapes it, not even a
+  double-forked ``setsid()``.
+- ``pgroup``: each run is its own session and process group; the kill signals
+  the group through a pidfd of the unreaped leader, then sweeps the daemon's
+  descendants (it is a child subreaper, so escaped grandchildren are
+  reparented to it) that carry the run's ``ADK_SUPERVISOR_TASK_ID`` marker.
+
+Written against the cgroup files directly: no library manages cgroup v2 leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from agent_runtime.process_control import join_cgroup
+
+from ..errors import ContainmentError
+from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carries_marker, in_cgroup_leaf, signal_proven
+from .tree import marked_descendants, run_marker
+
+__all__ = [
+    "CgroupContainment",
+    "Containment",
+    "PgroupContainment",
+    "RunContainer",
+    "choose_containment",
+    "find_writable_cgroup2",
+]
+
+log = logging.getLogger(__name__)
+
+
+def find_writable_cgroup2() -> Path | None:
+    """The cgroup v2 directory of this process, if it is mounted and writable."""
+    mount: Path | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                mount = Path(left.split()[4])
+                break
+    if mount is None:
+        return None
+    own = "/"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):
+                own = line[3:]
+    path = mount / own.lstrip("/")
+    if not (path / "cgroup.procs").exists() or not os.access(path, os.W_OK):
+        return None
+    return path
+
+
+@dataclass(slots=True)
+class RunContainer:
+    """The containment of one run, created before it is spawned."""
+
+    task_id: str
+    cgroup: Path | None = None
+
+    def preexec(self) -> None:
+        """In the forked child, before exec: join the run's cgroup leaf."""
+        if self.cgroup is not None:
+            join_cgroup(self.cgroup)
+
+    def adopt(self, pid: int) -> None:
+        """From the daemon: move ``pid`` into the run's cgroup leaf (no-op if it is there)."""
+        if self.cgroup is not None:
+            with contextlib.suppress(ProcessLookupError):
+                (self.cgroup / "cgroup.procs").write_text(str(pid))
+
+
+class Containment(Protocol):
+    """How runs are contained and killed; chosen once at daemon start."""
+
+    name: str
+
+    def prepare(self, task_id: str) -> RunContainer:
+        """Creates the container of a run before it is spawned."""
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        """Sends ``sig`` to every process of the run's tree, at once. Never raises."""
+
+    def populated(self, container: RunContainer) -> bool:
+        """Whether any process of the run's tree is still alive."""
+
+    def release(self, container: RunContainer) -> None:
+        """Removes what :meth:`prepare` created, once the tree is gone."""
+
+    def leftovers(self) -> list[RunContainer]:
+        """Containers of runs a previous daemon on this node left behind."""
+
+
+class CgroupContainment:
+    """One cgroup v2 leaf per run; ``cgroup.kill`` takes the whole tree."""
+
+    name = "cgroup"
+
+    def __init__(self, parent: Path, node_id: str) -> None:
+        self.root = parent / f"adk-supervisor-{node_id}"
+        self.root.mkdir(exist_ok=True)
+
+    def prepare(self, task_id: str) -> RunContainer:
+        leaf = self.root / f"run-{task_id}"
+        leaf.mkdir(exist_ok=True)
+        return RunContainer(task_id, leaf)
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        assert container.cgroup is not None
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(OSError):
+                (container.cgroup / "cgroup.kill").write_text("1")
+            return
+        procs: list[str] = []
+        with contextlib.suppress(OSError):
+            procs = (container.cgroup / "cgroup.procs").read_text().split()
+        # A PID read here may be reaped and reused before the signal: prove membership first.
+        in_leaf = functools.partial(_in_leaf, container.cgroup)
+        for pid in map(int, procs):
+            signal_proven(pid, in_leaf, sig)
+
+    def populated(self, container: RunContainer) -> bool:
+        assert container.cgroup is not None
+        try:
+            events = (container.cgroup / "cgroup.events").read_text()
+        except FileNotFoundError:
+            return False
+        return "populated 1" in events
+
+    def release(self, container: RunContainer) -> None:
+        if container.cgroup is not None:
+            try:
+                container.cgroup.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # still populated (a process stuck in D state)
+                log.error("cgroup %s not removed (%s); reconcile retries at the next start",
+                          container.cgroup, exc)  # fmt: skip
+
+    def leftovers(self) -> list[RunContainer]:
+        return [
+            RunContainer(p.name.removeprefix("run-"), p)
+            for p in self.root.iterdir()
+            if p.is_dir() and p.name.startswith("run-")
+        ]
+
+
+def _in_leaf(leaf: Path, pid: int) -> bool:
+    return in_cgroup_leaf(pid, leaf)
+
+
+class PgroupContainment:
+    """Process group + subreaper sweep, where no writable cgroup v2 exists."""
+
+    name = "pgroup"
+
+    def prepare(self, task_id: str) -> RunContainer:
+        return RunContainer(task_id)
+
+    def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
+        # The group is signalled only while its leader is unreaped: its pidfd (or
+        # its PID, which cannot be reused before the reap) still names our run.
+        if leader_pidfd is not None:
+            try:
+                signal.pidfd_send_signal(leader_pidfd, sig, None, PIDFD_SIGNAL_PROCESS_GROUP)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL:  # kernel without the group flag
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pgid, sig)
+                elif exc.errno != errno.ESRCH:
+                    log.error("run %s: group signal failed: %s", container.task_id, exc)
+        # Escaped members (setsid, double fork) carry the run's marker. One pass:
+        # the daemon sweeps again until populated() is false, catching late forks.
+        marked = functools.partial(_marked, run_marker(container.task_id))
+        for pid in marked_descendants(container.task_id):
+            signal_proven(pid, marked, sig)
+
+    def populated(self, container: RunContainer) -> bool:
+        return bool(marked_descendants(container.task_id))
+
+    def release(self, container: RunContainer) -> None:
+        return None
+
+    def leftovers(self) -> list[RunContainer]:
+        return []
+
+
+def _marked(marker: bytes, pid: int) -> bool:
+    return carries_marker(pid, marker)
+
+
+def choose_containment(mode: Literal["auto", "cgroup", "pgroup"], node_id: str) -> Containment:
+    """The containment ``mode`` asks for; ``auto`` prefers cgroups where they are writable."""
+    if mode == "pgroup":
+        return PgroupContainment()
+    parent = find_writable_cgroup2()
+    if parent is not None:
+        try:
+            return CgroupContainment(parent, node_id)
+        except OSError as exc:
+            if mode == "cgroup":
+                raise ContainmentError(f"cannot create a cgroup under {parent}: {exc}") from exc
+            log.warning("cgroup v2 at %s is not usable (%s): using process groups", parent, exc)
+    elif mode == "cgroup":
+        raise ContainmentError(
+            "kill_mechanism = 'cgroup' but no writable cgroup v2 hierarchy was found "
+            "(run as root, or under systemd with Delegate=yes)"
+        )
+    return PgroupContainment()

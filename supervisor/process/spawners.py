@@ -1,0 +1,259 @@
+"""Starting a run's child process, behind one small interface.
+
+- :class:`ForkServerSpawner` (the default) forks each run from a preloaded
+  server process that imported ADK and the configured apps once
+  (``agent_runtime.fork_server``): milliseconds per spawn.
+- :class:`ExecSpawner` forks and execs ``python -m agent_runtime.child``: about
+  a second of interpreter start and ADK import per run, and nothing shared.
+
+Either way the run is a child of the daemon (the fork server's runs are
+orphaned to it, the child subreaper), inside its container before it executes
+any code of its own (a fork-server run is born inside it), and, before the
+agent code starts, its own session leader with SIGKILL as its parent-death signal. A spawner returns only the PID: proving identity (pidfd,
+start time) is the daemon's job, since only it knows whether it already reaped it.
+
+Forks with ``os.fork`` rather than ``subprocess``: the child must join its
+cgroup, start its own session and set its parent-death signal between fork and
+exec, and ``subprocess`` would reap children behind the daemon's reaper
+(``Popen`` objects waitpid() themselves), stealing exit statuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+
+from agent_runtime.process_control import set_parent_death_signal
+from agent_runtime.run_spec import MARKER_ROOM, PRELOAD_ENV, RUN_ENV, SERVER_FD, TASK_ENV, RunSpec
+
+from ..errors import SpawnError
+from .containment import RunContainer
+
+__all__ = ["ExecSpawner", "ForkServerSpawner", "Spawner"]
+
+log = logging.getLogger("adk_supervisor")
+
+
+class Spawner(Protocol):
+    """Starts the child of a run. Called on the daemon's event loop."""
+
+    name: str
+
+    def start(self) -> None:
+        """Prepares spawning at daemon start (the fork server starts preloading)."""
+
+    async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
+        """Starts the run inside ``container``; returns its PID (not yet reaped by anyone)."""
+
+    def close(self) -> None:
+        """Releases what the spawner holds (the fork server); runs are not touched."""
+
+
+def _fork_exec(
+    argv: list[str],
+    env: dict[str, str],
+    log_path: Path,
+    container: RunContainer | None = None,
+    keep_fd: int | None = None,
+) -> int:
+    """fork + exec with the child in its own session and container; returns the PID."""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: only async-signal-safe-ish syscalls until exec
+            try:
+                os.setsid()
+                if container is not None:
+                    container.preexec()
+                set_parent_death_signal(signal.SIGKILL)
+                if os.getppid() != parent:  # the daemon died before the prctl
+                    os._exit(127)
+                # Out of the way of the fds about to be opened and dup2()ed below.
+                kept = None if keep_fd is None else fcntl.fcntl(keep_fd, fcntl.F_DUPFD, 100)
+                os.dup2(log_fd, 1)
+                os.dup2(log_fd, 2)
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                if kept is not None:
+                    os.dup2(kept, SERVER_FD)
+                os.closerange(SERVER_FD + 1 if kept is not None else 3, 65536)
+                os.execve(argv[0], argv, env)
+            finally:
+                os._exit(127)
+    finally:
+        os.close(log_fd)
+    return pid
+
+
+class _ServerGone(SpawnError):
+    """The fork server closed its socket before answering."""
+
+
+class ExecSpawner:
+    """fork + exec of ``python -m agent_runtime.child`` (about 1 s of ADK import per run)."""
+
+    name = "exec"
+
+    def __init__(
+        self, python: str = sys.executable, extra_env: dict[str, str] | None = None
+    ) -> None:
+        self.python = python
+        self.extra_env = extra_env or {}
+
+    async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
+        env = {**os.environ, **self.extra_env, RUN_ENV: spec.to_json(), TASK_ENV: spec.task_id}
+        pid = _fork_exec([self.python, "-m", "agent_runtime.child"], env, log_path, container)
+        # The child joins too, before exec; this makes the leader a member by the time we return.
+        container.adopt(pid)
+        return pid
+
+    def start(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class ForkServerSpawner:
+    """Forks each run from a server that imported ADK and ``preload`` once.
+
+    The server starts on first use and again if it died; requests are
+    serialised (the server forks one run at a time, each in milliseconds).
+    """
+
+    name = "fork-server"
+
+    def __init__(
+        self,
+        preload: Sequence[str],
+        log_path: Path,
+        python: str = sys.executable,
+        extra_env: dict[str, str] | None = None,
+        reply_timeout_s: float = 60.0,
+    ) -> None:
+        self.preload = list(preload)
+        self.log_path = log_path
+        self.python = python
+        self.extra_env = extra_env or {}
+        self.reply_timeout_s = reply_timeout_s
+        self.server_pid: int | None = None
+        self._server_pidfd: int | None = None
+        self._sock: socket.socket | None = None
+        self._lock = anyio.Lock()
+
+    def start(self) -> None:
+        """Starts the server (it preloads in the background; requests queue meanwhile)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {
+            **os.environ,
+            **self.extra_env,
+            PRELOAD_ENV: json.dumps(self.preload),
+            # Room each run overwrites with its task id, so /proc/<pid>/environ names it;
+            # '#' cannot start a task id, so the placeholder never names a run.
+            TASK_ENV: "#" * MARKER_ROOM,
+        }
+        try:
+            argv = [self.python, "-m", "agent_runtime.fork_server"]
+            self.server_pid = _fork_exec(argv, env, self.log_path, keep_fd=theirs.fileno())
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        # Unreaped, the PID is still the server's: the pidfd pins it for close().
+        self._server_pidfd = os.pidfd_open(self.server_pid)
+        ours.setblocking(False)
+        self._sock = ours
+        log.info("fork server started: pid=%d, preloading %d apps", self.server_pid,
+                 len(self.preload))  # fmt: skip
+
+    async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
+        if len(spec.task_id.encode()) > MARKER_ROOM:
+            raise SpawnError(f"task id longer than {MARKER_ROOM} bytes")
+        request = json.dumps({
+            "task_id": spec.task_id,
+            "spec": spec.to_json(),
+            "cgroup": str(container.cgroup) if container.cgroup else None,
+            "log": str(log_path),
+        }).encode()  # fmt: skip
+        async with self._lock:
+            for attempt in (1, 2):
+                if self._sock is None:
+                    self.start()
+                assert self._sock is not None
+                try:
+                    self._sock.send(request)
+                except OSError as exc:  # the server died before it read anything: resend
+                    log.warning("fork server lost (%s); restarting it", exc)
+                    self.close()
+                    if attempt == 2:
+                        raise SpawnError(f"the fork server failed twice: {exc}") from exc
+                    continue
+                try:
+                    return await self._reply(spec.task_id)
+                except _ServerGone as exc:
+                    # A run it forked waits for "go", which a dead server never writes:
+                    # nothing of this request runs, so asking a new server is safe.
+                    log.warning("fork server lost (%s); restarting it", exc)
+                    self.close()
+                    if attempt == 2:
+                        raise SpawnError(f"the fork server failed twice: {exc}") from exc
+                except BaseException:
+                    # It may still fork this run and answer late: a server out of step
+                    # would hand the next run this one's PID. Never reuse it.
+                    self.close()
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _reply(self, task_id: str) -> int:
+        assert self._sock is not None
+        try:
+            with anyio.fail_after(self.reply_timeout_s):
+                while True:
+                    await anyio.wait_readable(self._sock)
+                    try:
+                        reply = self._sock.recv(65536)
+                        break
+                    except BlockingIOError:
+                        continue
+                    except ConnectionResetError:  # it died with our request unread
+                        reply = b""
+                        break
+        except TimeoutError:
+            raise SpawnError(
+                f"the fork server did not answer in {self.reply_timeout_s:g}s "
+                f"(still preloading? see {self.log_path})"
+            ) from None
+        if not reply:
+            raise _ServerGone(f"the fork server exited while forking the run (see {self.log_path})")
+        answer = json.loads(reply)
+        if answer.get("task_id") != task_id:
+            raise SpawnError(
+                f"the fork server answered for {answer.get('task_id')!r}, not {task_id!r}"
+            )
+        if "pid" not in answer:
+            raise SpawnError(f"the fork server could not fork the run: {answer.get('error')}")
+        return int(answer["pid"])
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._server_pidfd is not None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._server_pidfd, signal.SIGKILL)
+            os.close(self._server_pidfd)
+            self._server_pidfd = None
+        self.server_pid = None

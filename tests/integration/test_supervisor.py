@@ -1,0 +1,394 @@
+"""Fault injection against a real daemon: real processes, real signals, real Redis.
+
+Tree and crash cases run under both kill mechanisms (cgroup v2 leaves, and
+process group + subreaper sweep).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from agent_runtime import RedisSessionService
+from agent_runtime.task_store import TaskState
+from supervisor.client import SupervisorClient
+from supervisor.ops.redis_server import RedisServer
+from supervisor.process import boot_id, find_writable_cgroup2, process_start_ticks
+
+from .daemon_harness import Daemon, until_state
+from .history import terminal_events
+
+pytestmark = pytest.mark.anyio
+
+MECHANISMS = ["cgroup", "pgroup"]
+A = "examples.agents:"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cgroup_available() -> None:
+    if find_writable_cgroup2() is None:
+        pytest.fail(
+            "the cgroup kill mechanism needs a writable cgroup v2 hierarchy: run the tests as root "
+            "on a host with cgroup2 mounted (see /proc/self/mountinfo)",
+            pytrace=False,
+        )
+
+
+@pytest.fixture
+def start_daemon(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def start(mechanism: str = "cgroup", url: str | None = None, **env: str) -> Daemon:
+        daemon = Daemon(
+            url or redis_url, key_prefix, tmp_path / f"state{len(daemons)}", mechanism, **env
+        )
+        daemon.start()
+        daemons.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in daemons:
+        daemon.stop()
+
+
+def _gone(pids: list[int], timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):  # gone between two looks: gone
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _marked(task_id: str) -> list[int]:
+    marker = f"ADK_SUPERVISOR_TASK_ID={task_id}".encode()
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+            if marker in environ and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("spawn_mode", ["fork-server", "exec"])
+async def test_exit_kinds_are_recorded_faithfully(
+    spawn_mode: str, start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon(ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
+    ok = await client.submit(A + "weather_agent", "weather?", user_id="u")
+    raising = await client.submit(A + "raising_agent", "go", user_id="u")
+    exit3 = await client.submit(A + "exit3_agent", "go", user_id="u")
+    done = await client.wait(ok, 60)
+    assert done["state"] == "completed" and done["exit_code"] == "0"
+    assert float(done["cpu_s"]) > 0 and int(done["max_rss_kb"]) > 0
+    failed = await client.wait(raising, 60)
+    assert failed["state"] == "failed" and failed["exit_code"] == "1"
+    assert "the agent broke on purpose" in failed["reason"]
+    exited = await client.wait(exit3, 60)
+    assert exited["state"] == "failed" and exited["exit_code"] == "3" and "signal" not in exited
+
+
+@pytest.mark.parametrize(
+    ("mechanism", "spawn_mode"),
+    [("cgroup", "fork-server"), ("pgroup", "fork-server"), ("pgroup", "exec")],
+)
+async def test_abort_kills_setsid_double_forked_grandchild(
+    mechanism: str,
+    spawn_mode: str,
+    start_daemon: Callable[..., Daemon],
+    client: SupervisorClient,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    daemon = start_daemon(mechanism, ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
+    task = await client.submit(A + "setsid_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    deadline = time.monotonic() + 30
+    while len(_marked(task)) < 2 and time.monotonic() < deadline:  # leader + escaped grandchild
+        await asyncio.sleep(0.05)
+    tree = _marked(task)
+    assert len(tree) >= 2
+    # A raw PUBLISH, as `redis-cli PUBLISH adk:abort:<id> '{"action":"abort"}'` sends it.
+    publisher = redis.Redis.from_url(redis_url)
+    publisher.publish(
+        f"{key_prefix}abort:{task}", json.dumps({"action": "abort", "reason": "operator"})
+    )
+    publisher.close()
+    record = await client.wait(task, 30)
+    assert (
+        record["state"] == "aborted"
+        and record["signal"] == "SIGKILL"
+        and record["reason"] == "operator"
+    )
+    assert _gone(tree), f"leaked: {_marked(task)}"
+    assert daemon.descendants() == []
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_abort_of_fifty_process_tree(
+    mechanism: str, start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon(mechanism)
+    task = await client.submit(A + "fork50_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    deadline = time.monotonic() + 30
+    while len(_marked(task)) < 51 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    tree = _marked(task)
+    assert len(tree) >= 51
+    await client.abort(task, "too many")
+    assert (await client.wait(task, 30))["state"] == "aborted"
+    assert _gone(tree), f"leaked: {_marked(task)}"
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_timeout_kills_and_records_timed_out(
+    mechanism: str, start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon(mechanism)
+    task = await client.submit(A + "slow_agent", "go", user_id="u", timeout_s=3)
+    record = await client.wait(task, 60)
+    assert record["state"] == "timed_out" and record["signal"] == "SIGKILL"
+    assert record["reason"] == "timed out after 3s"
+    assert _marked(task) == []
+
+
+async def test_abort_of_queued_run_never_starts(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon(ADK_SUPERVISOR_MAX_CONCURRENT_RUNS="1")
+    busy = await client.submit(A + "slow_agent", "hold the only slot", user_id="u")
+    await until_state(client, busy, "running")
+    queued = await client.submit(A + "weather_agent", "never", user_id="u")
+    await client.abort(queued, "changed my mind")
+    await client.abort(busy, "free the slot")
+    record = await client.wait(queued, 60)
+    assert record["state"] == "aborted" and record["reason"] == "changed my mind"
+    assert "pid" not in record
+
+
+async def test_non_json_and_unknown_aborts_keep_daemon_serving(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    daemon = start_daemon()
+    publisher = redis.Redis.from_url(redis_url)
+    publisher.publish(f"{key_prefix}abort:no-such-task", "{not json")
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    publisher.publish(f"{key_prefix}abort:{task}", b"\xff\xfe plain bytes")
+    publisher.close()
+    record = await client.wait(task, 30)
+    assert record["state"] == "aborted" and "non-JSON" in record["reason"]
+    done = await client.wait(
+        await client.submit(A + "weather_agent", "still there?", user_id="u"), 60
+    )
+    assert done["state"] == "completed"
+    assert "non-JSON" in daemon.log() and "not running on this node" in daemon.log()
+
+
+async def test_abort_published_while_subscriber_is_disconnected_is_honoured(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str
+) -> None:
+    start_daemon()
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    admin = aioredis.Redis.from_url(redis_url)
+    await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    heard = await client.abort(task, "while away")  # nobody subscribed: only the mark survives
+    await admin.aclose()
+    record = await client.wait(task, 30)
+    assert record["state"] == "aborted" and record["reason"] == "while away"
+    assert heard == 0 or record["state"] == "aborted"
+
+
+async def test_abort_racing_normal_exit_gives_one_terminal_state(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, key_prefix: str
+) -> None:
+    start_daemon()
+    tasks = [await client.submit(A + "exit3_agent", "go", user_id="u") for _ in range(4)]
+    for task in tasks:
+        await until_state(client, task, "running")
+    for task in tasks:
+        await client.abort(task, "race")
+    states = {t: (await client.wait(t, 60))["state"] for t in tasks}
+    await asyncio.sleep(0.5)  # a second, late terminal write would land by now
+    for task in tasks:
+        terminal = await terminal_events(client.store, task)
+        assert len(terminal) == 1, terminal
+        assert terminal[0]["state"] == states[task]
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+async def test_daemon_kill9_then_restart_fails_orphans_and_leaves_no_process(
+    mechanism: str, start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon(mechanism)
+    task = await client.submit(A + "setsid_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    deadline = time.monotonic() + 30
+    while len(_marked(task)) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    leader = int((await client.get(task))["pid"])
+    daemon.kill9()
+    assert _gone([leader]), "the run leader outlived its daemon"
+    restarted = start_daemon(mechanism, node_id=daemon.node_id)
+    record = await until_state(client, task, "failed")
+    assert record["reason"].startswith("orphaned:")
+    assert _gone(_marked(task)), f"leaked: {_marked(task)}"
+    assert "failed at reconcile" in restarted.log()
+
+
+async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        node = "planted-node"
+        ticks = process_start_ticks(stranger.pid)
+        assert ticks is not None
+        await client.store.create("planted", TaskState.RUNNING, {
+            "node_id": node, "boot_id": boot_id(), "pid": stranger.pid, "start_ticks": ticks + 1,
+        })  # fmt: skip
+        await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
+        start_daemon(node_id=node)
+        record = await until_state(client, "planted", "failed")
+        assert record["reason"] == (
+            f"orphaned: process {stranger.pid} is gone (its PID now names another process)"
+        )
+        assert stranger.poll() is None, "an unrelated process was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_terminal_state_written_after_redis_comes_back(
+    start_daemon: Callable[..., Daemon], private_redis: RedisServer, key_prefix: str
+) -> None:
+    daemon = start_daemon(url=private_redis.url)
+    async with SupervisorClient(private_redis.url, key_prefix) as c:
+        task = await c.submit(A + "slow_agent", "go", user_id="u", timeout_s=6)
+        await until_state(c, task, "running")
+        async with RedisSessionService(private_redis.url, key_prefix) as sessions:
+            # Stop Redis only once the agent sits in its slow tool (it needs Redis until then).
+            for _ in range(500):
+                s = await sessions.get_session(app_name="slow", user_id="u", session_id=task)
+                if s is not None and any(e.get_function_calls() for e in s.events):
+                    break
+                await asyncio.sleep(0.02)
+        tree = _marked(task)
+        private_redis.stop()
+        # The kill does not wait for Redis.
+        assert _gone(tree, timeout=15), "timeout kill waited for Redis"
+        await asyncio.sleep(1)
+        private_redis.start()
+        record = await until_state(c, task, "timed_out", timeout=30)
+        assert record["signal"] == "SIGKILL"
+    assert "written after Redis came back" in daemon.log()
+
+
+async def test_kill_grace_sends_sigterm_first_then_sigkill(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    daemon = start_daemon(ADK_SUPERVISOR_KILL_GRACE_S="1.5")
+    polite = await client.submit(A + "slow_agent", "go", user_id="u")
+    stubborn = await client.submit(A + "term_ignoring_agent", "go", user_id="u")
+    for task in (polite, stubborn):
+        await until_state(client, task, "running")
+    # The stubborn agent installs its SIGTERM handler before its first event.
+    async with RedisSessionService(redis_url, key_prefix) as sessions:
+        for _ in range(1500):
+            s = await sessions.get_session(
+                app_name="term_ignoring", user_id="u", session_id=stubborn
+            )
+            if s is not None and s.events:
+                break
+            await asyncio.sleep(0.02)
+    await client.abort(polite, "polite stop")
+    await client.abort(stubborn, "stubborn stop")
+    # A run that lets SIGTERM end it is recorded with the signal that ended it.
+    ended = await client.wait(polite, 30)
+    assert ended["state"] == "aborted" and ended["signal"] == "SIGTERM"
+    # One that ignores SIGTERM gets SIGKILL once the grace is over.
+    record = await client.wait(stubborn, 30)
+    assert record["state"] == "aborted" and record["signal"] == "SIGKILL"
+    log = daemon.state_dir / "logs" / f"{stubborn}.log"
+    assert "got SIGTERM, ignoring it" in log.read_text()
+    assert _marked(stubborn) == []
+
+
+async def test_unimportable_app_fails_with_a_clear_reason(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    start_daemon()
+    task = await client.submit("examples.no_such_module:agent", "go", user_id="u")
+    record = await client.wait(task, 60)
+    assert record["state"] == "failed" and record["exit_code"] == "1"
+    assert "cannot import module 'examples.no_such_module'" in record["reason"]
+
+
+async def test_runs_go_on_after_the_fork_server_is_killed(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    daemon = start_daemon()
+    first = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert first["state"] == "completed"
+    servers = []
+    for child in psutil.Process(daemon.pid).children():
+        with contextlib.suppress(psutil.Error):  # a run's leader may be exiting
+            if "agent_runtime.fork_server" in child.cmdline():
+                servers.append(child)
+    assert len(servers) == 1, servers
+    servers[0].kill()
+    second = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert second["state"] == "completed", second.get("reason")
+    assert "restarting it" in daemon.log()
+
+
+async def test_raw_abort_while_the_run_is_starting_is_not_lost(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, redis_url: str, key_prefix: str
+) -> None:
+    # The fork server preloads an app that takes 3 s to import: the run waits in `starting`.
+    daemon = start_daemon(
+        ADK_SUPERVISOR_APPS=json.dumps({"slow": "tests.integration.slow_import_app:agent"})
+    )
+    task = await client.submit("slow", "hi", user_id="u")
+    await until_state(client, task, "starting")
+    # A bare PUBLISH leaves no durable mark: only the daemon's memory can keep it.
+    publisher = redis.Redis.from_url(redis_url)
+    publisher.publish(f"{key_prefix}abort:{task}", '{"action": "abort", "reason": "too early"}')
+    publisher.close()
+    record = await client.wait(task, 60)
+    assert record["state"] == "aborted" and record["reason"] == "too early"
+    assert "arrived while it starts" in daemon.log()
+
+
+async def test_import_paths_can_be_disabled(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    apps = json.dumps({"weather": A + "weather_agent"})
+    start_daemon(ADK_SUPERVISOR_ALLOW_IMPORT_PATHS="false", ADK_SUPERVISOR_APPS=apps)
+    refused = await client.wait(await client.submit(A + "exit3_agent", "go", user_id="u"), 60)
+    assert refused["state"] == "failed" and "import paths are disabled" in refused["reason"]
+    assert "pid" not in refused
+    named = await client.wait(await client.submit("weather", "hi", user_id="u"), 60)
+    assert named["state"] == "completed"
