@@ -193,8 +193,10 @@ def main() -> int:
     daemon = os.getppid()
     _preload(json.loads(os.environ.get(PRELOAD_ENV, "[]")))
     if threading.active_count() > 1:
-        print("fork server: an import started threads; forking such a process is unsafe",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "fork server: an import started threads; forking such a process is unsafe",
+            file=sys.stderr,
+        )
     gc.freeze()
     print(f"fork server {os.getpid()} ready", file=sys.stderr, flush=True)
     while True:

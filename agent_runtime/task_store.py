@@ -206,9 +206,15 @@ class TaskStore:
         event = self._event(task_id, state.value, now, fields)
         status, prev = await self._transition(
             keys=[self.keys.task(task_id)],
-            args=[state.value, " ".join(s.value for s in sources), event, self.keys.task_events,
-                  self.keys.task_channel(task_id), *_flat(fields)],
-        )  # fmt: skip
+            args=[
+                state.value,
+                " ".join(s.value for s in sources),
+                event,
+                self.keys.task_events,
+                self.keys.task_channel(task_id),
+                *_flat(fields),
+            ],
+        )
         status = as_text(status)
         if status == "OK":
             await self._history(event)
@@ -231,10 +237,16 @@ class TaskStore:
                     sources = " ".join(s.value for s in _ALLOWED_FROM[TaskState.FAILED])
                     await self._transition(
                         keys=[self.keys.task(task_id)],
-                        args=[TaskState.FAILED.value, sources, event, self.keys.task_events,
-                              self.keys.task_channel(task_id), *_flat(f)],
+                        args=[
+                            TaskState.FAILED.value,
+                            sources,
+                            event,
+                            self.keys.task_events,
+                            self.keys.task_channel(task_id),
+                            *_flat(f),
+                        ],
                         client=pipe,
-                    )  # fmt: skip
+                    )
                 replies = await pipe.execute()
             async with self.client.pipeline(transaction=False) as pipe:
                 for event, (status, _prev) in zip(events, replies, strict=True):

@@ -210,8 +210,11 @@ def _start_daemon(
     log = (state_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "--redis-url", url, "run"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -333,8 +336,10 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"# abort latency, {report['date']}, {report['machine']}")
-    print(f"# kill mechanism {args.mechanism}, {len(samples)} runs of {SETSID_AGENT}, "
-          f"{report['processes_per_tree']:g} processes per tree")  # fmt: skip
+    print(
+        f"# kill mechanism {args.mechanism}, {len(samples)} runs of {SETSID_AGENT}, "
+        f"{report['processes_per_tree']:g} processes per tree"
+    )
     print(f"{'figure (ms)':<38}{'p50':>8}{'p99':>8}{'max':>8}")
     rows = [
         ("floor: killpg of a plain child", floor_stats),
@@ -348,14 +353,20 @@ def main() -> None:
     ratio = report["ratio_tree_gone_p50_to_floor_p50"]
     targets = [
         ("tree gone p50 <= 3x floor p50", ratio <= 3, f"{ratio:.2f}x"),
-        ("tree gone p50 vs the same ADK tree's floor", True,
-         f"{report['ratio_tree_gone_p50_to_adk_floor_p50']:.2f}x (no target; shows the kernel's share)"),
+        (
+            "tree gone p50 vs the same ADK tree's floor",
+            True,
+            f"{report['ratio_tree_gone_p50_to_adk_floor_p50']:.2f}x (no target; shows the kernel's share)",
+        ),
         ("tree gone p50 < 2 ms", gone["p50"] < 2, f"{gone['p50']:.3f} ms"),
         ("tree gone p99 < 10 ms", gone["p99"] < 10, f"{gone['p99']:.3f} ms"),
-        ("aborted visible p50 < 3 ms", visible is not None and visible["p50"] < 3,
-         f"{visible['p50']:.3f} ms" if visible else "never"),
+        (
+            "aborted visible p50 < 3 ms",
+            visible is not None and visible["p50"] < 3,
+            f"{visible['p50']:.3f} ms" if visible else "never",
+        ),
         ("leaked processes = 0", leaked == 0, str(leaked)),
-    ]  # fmt: skip
+    ]
     for name, ok, value in targets:
         print(f"{'ok    ' if ok else 'MISSED'} {name}: {value}")
 

@@ -52,10 +52,19 @@ async def _plant(store: TaskStore, node_key: str, n: int, foreign: list[int]) ->
             else:  # a PID far above pid_max here: surely gone
                 pid, ticks = 4_000_000 + i, 12345
             state = "completed" if i % 250 == 0 else "running"
-            pipe.hset(store.keys.task(task_id), mapping={
-                "task_id": task_id, "state": state, "node_id": "bench", "boot_id": boot,
-                "pid": pid, "start_ticks": ticks, "app": "bench", "user_id": "u",
-            })  # fmt: skip
+            pipe.hset(
+                store.keys.task(task_id),
+                mapping={
+                    "task_id": task_id,
+                    "state": state,
+                    "node_id": "bench",
+                    "boot_id": boot,
+                    "pid": pid,
+                    "start_ticks": ticks,
+                    "app": "bench",
+                    "user_id": "u",
+                },
+            )
             pipe.sadd(node_key, task_id)
         await pipe.execute()
 
@@ -112,9 +121,11 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"# reconcile, {report['date']}, {report['machine']}")
-    print(f"records {args.records}: best {best['seconds']:.3f} s of {report['seconds_all']}, "
-          f"failed as orphans {best['failed']}, left running {best['still_running']}, "
-          f"foreign processes untouched: {untouched}")  # fmt: skip
+    print(
+        f"records {args.records}: best {best['seconds']:.3f} s of {report['seconds_all']}, "
+        f"failed as orphans {best['failed']}, left running {best['still_running']}, "
+        f"foreign processes untouched: {untouched}"
+    )
     ok = best["seconds"] < 1 and best["still_running"] == 0 and untouched
     print(f"{'ok    ' if ok else 'MISSED'} below 1 s with nothing left running and no foreign kill")
 

@@ -96,8 +96,11 @@ async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict
     log = (state / "daemon.log").open("ab")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "--redis-url", url, "run"],
-        env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     samples = []
     try:
         while "ready:" not in (state / "daemon.log").read_text(errors="replace"):
@@ -112,11 +115,13 @@ async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict
                 t_end = time.time()
                 assert record["state"] == "completed", record
                 first_line = float((stamp_dir / task).read_text())
-                samples.append({
-                    "to_starting": float(record["started_at"]) - t0,
-                    "to_first_line": first_line - t0,
-                    "end_to_end": t_end - t0,
-                })  # fmt: skip
+                samples.append(
+                    {
+                        "to_starting": float(record["started_at"]) - t0,
+                        "to_first_line": first_line - t0,
+                        "end_to_end": t_end - t0,
+                    }
+                )
     finally:
         daemon.terminate()
         daemon.wait(30)
@@ -161,15 +166,19 @@ def main() -> None:
     )
     for mode in by_mode:
         row: Any = report[mode]
-        print(f"{mode:<14}{row['submit_to_starting_ms_p50']:>18.1f}"
-              f"{row['submit_to_first_line_ms_p50']:>20.1f}{row['submit_to_completed_ms_p50']:>19.1f}")  # fmt: skip
+        print(
+            f"{mode:<14}{row['submit_to_starting_ms_p50']:>18.1f}"
+            f"{row['submit_to_first_line_ms_p50']:>20.1f}{row['submit_to_completed_ms_p50']:>19.1f}"
+        )
     print(
         f"bare interpreter importing ADK (no supervisor): {report['bare_python_import_adk_ms_p50']:.1f}"
     )
     fork: Any = report["fork-server"]
     exe: Any = report["exec"]
-    print(f"first line, exec / fork-server: "
-          f"{exe['submit_to_first_line_ms_p50'] / fork['submit_to_first_line_ms_p50']:.1f}x")  # fmt: skip
+    print(
+        f"first line, exec / fork-server: "
+        f"{exe['submit_to_first_line_ms_p50'] / fork['submit_to_first_line_ms_p50']:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -69,43 +69,66 @@ class CliError(Exception):
 # ------------------------------------------------------------------ arguments
 
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("run the daemon in the foreground (Ctrl-C or SIGTERM stops it)",
-            "adk-supervisor --config /etc/adk-supervisor/config.toml run"),
-    "submit": ("queue a run of an app; prints its task id",
-               "adk-supervisor submit weather 'weather in Zurich?' --user-id u1 --wait"),
-    "abort": ("abort a task: kills its whole process tree (or stops it from starting)",
-              "adk-supervisor abort 3f2a9c... --reason 'stuck in a loop'"),
+    "run": (
+        "run the daemon in the foreground (Ctrl-C or SIGTERM stops it)",
+        "adk-supervisor --config /etc/adk-supervisor/config.toml run",
+    ),
+    "submit": (
+        "queue a run of an app; prints its task id",
+        "adk-supervisor submit weather 'weather in Zurich?' --user-id u1 --wait",
+    ),
+    "abort": (
+        "abort a task: kills its whole process tree (or stops it from starting)",
+        "adk-supervisor abort 3f2a9c... --reason 'stuck in a loop'",
+    ),
     "get": ("print a task record", "adk-supervisor get 3f2a9c..."),
-    "wait": ("wait for a task to end; exit 0 only if it completed",
-             "adk-supervisor wait 3f2a9c... --timeout 60 && echo done"),
-    "status": ("this node's daemon: health, counts, running runs",
-               "adk-supervisor status --json"),
+    "wait": (
+        "wait for a task to end; exit 0 only if it completed",
+        "adk-supervisor wait 3f2a9c... --timeout 60 && echo done",
+    ),
+    "status": ("this node's daemon: health, counts, running runs", "adk-supervisor status --json"),
     "ps": ("running runs on this node (pid, app, elapsed, RSS, CPU)", "adk-supervisor ps"),
     "drain": ("stop taking new runs on this node; running runs finish", "adk-supervisor drain"),
-    "check-config": ("validate the configuration without starting anything",
-                     "adk-supervisor --config config.toml check-config"),
-}  # fmt: skip
+    "check-config": (
+        "validate the configuration without starting anything",
+        "adk-supervisor --config config.toml check-config",
+    ),
+}
 
 
 def _common() -> argparse.ArgumentParser:
     # Accepted before and after the command; SUPPRESS keeps a later parser from resetting them.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
-                        help="TOML config file (default: $ADK_SUPERVISOR_CONFIG, else "
-                        "/etc/adk-supervisor/config.toml if present, else built-in defaults)")  # fmt: skip
-    common.add_argument("--redis-url", default=argparse.SUPPRESS,
-                        help="talk to this Redis instead of the local daemon's socket")  # fmt: skip
-    common.add_argument("--socket", type=Path, default=argparse.SUPPRESS,
-                        help="status socket of the local daemon (default: socket_path)")  # fmt: skip
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print data as JSON")  # fmt: skip
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="TOML config file (default: $ADK_SUPERVISOR_CONFIG, else "
+        "/etc/adk-supervisor/config.toml if present, else built-in defaults)",
+    )
+    common.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        help="talk to this Redis instead of the local daemon's socket",
+    )
+    common.add_argument(
+        "--socket",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="status socket of the local daemon (default: socket_path)",
+    )
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print data as JSON"
+    )
     return common
 
 
 def _parser() -> argparse.ArgumentParser:
     common = _common()
     parser = argparse.ArgumentParser(
-        prog="adk-supervisor", parents=[common],
+        prog="adk-supervisor",
+        parents=[common],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run Google ADK agent runs in supervised process trees, and control them.",
         epilog=textwrap.dedent("""\
@@ -115,14 +138,18 @@ def _parser() -> argparse.ArgumentParser:
               adk-supervisor status
             exit codes: 0 ok, 1 failed / task not completed, 2 bad usage or config,
                         3 daemon or Redis unreachable, 4 no such task, 124 wait timed out"""),
-    )  # fmt: skip
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {}
     for name, (summary, example) in _COMMANDS.items():
         parsers[name] = sub.add_parser(
-            name, parents=[_common()], help=summary, description=summary,
-            epilog=f"example:\n  {example}", formatter_class=argparse.RawDescriptionHelpFormatter,
-        )  # fmt: skip
+            name,
+            parents=[_common()],
+            help=summary,
+            description=summary,
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     p = parsers["submit"]
     p.add_argument("app", help="an app name from [apps], or package.module:attribute")
     p.add_argument("message", help="the user message the run starts with")
@@ -155,8 +182,21 @@ def _print(text: str = "") -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-_FIRST = ("task_id", "state", "app", "user_id", "session_id", "reason", "exit_code", "signal",
-          "node_id", "pid", "duration_s", "cpu_s", "max_rss_kb")  # fmt: skip
+_FIRST = (
+    "task_id",
+    "state",
+    "app",
+    "user_id",
+    "session_id",
+    "reason",
+    "exit_code",
+    "signal",
+    "node_id",
+    "pid",
+    "duration_s",
+    "cpu_s",
+    "max_rss_kb",
+)
 
 
 def _shown(key: str, value: Any) -> Any:
@@ -187,7 +227,13 @@ def _mib(size: int) -> str:
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"  # fmt: skip
+    return (
+        f"{hours}h{minutes:02d}m"
+        if hours
+        else f"{minutes}m{secs:02d}s"
+        if minutes
+        else f"{seconds:.1f}s"
+    )
 
 
 def _runs_table(runs: list[dict[str, Any]]) -> None:
@@ -196,11 +242,17 @@ def _runs_table(runs: list[dict[str, Any]]) -> None:
         return
     rows = [("TASK", "APP", "PID", "ELAPSED", "RSS", "CPU", "USER")]
     for run in runs:
-        rows.append((
-            run["task_id"] + (" (killing)" if run.get("killing") else ""), run["app"],
-            str(run["pid"]), _duration(run["elapsed_s"]), _mib(run["rss_bytes"]),
-            f"{run['cpu_s']:.1f}s", run["user_id"],
-        ))  # fmt: skip
+        rows.append(
+            (
+                run["task_id"] + (" (killing)" if run.get("killing") else ""),
+                run["app"],
+                str(run["pid"]),
+                _duration(run["elapsed_s"]),
+                _mib(run["rss_bytes"]),
+                f"{run['cpu_s']:.1f}s",
+                run["user_id"],
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         _print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -210,14 +262,24 @@ def _status_text(status: dict[str, Any]) -> None:
     redis = status["redis"]
     link = "connected" if redis["connected"] else "DISCONNECTED"
     counts = ", ".join(f"{k} {v}" for k, v in sorted(status["counts"].items()))
-    _emit({
-        "node": status["node_id"], "version": status["version"], "pid": status["pid"],
-        "uptime": _duration(status["uptime_s"]),
-        "redis": f"{redis['url']} ({link}{', embedded' if redis['embedded'] else ''})",
-        "kill mechanism": status["kill_mechanism"], "spawner": status.get("spawner", "?"),
-        "taking runs": "no (draining)" if status["draining"] else f"yes (max {status['max_concurrent_runs']} at once)",
-        "counts": counts, "socket": status["socket_path"],
-    }, False, ordered=True)  # fmt: skip
+    _emit(
+        {
+            "node": status["node_id"],
+            "version": status["version"],
+            "pid": status["pid"],
+            "uptime": _duration(status["uptime_s"]),
+            "redis": f"{redis['url']} ({link}{', embedded' if redis['embedded'] else ''})",
+            "kill mechanism": status["kill_mechanism"],
+            "spawner": status.get("spawner", "?"),
+            "taking runs": "no (draining)"
+            if status["draining"]
+            else f"yes (max {status['max_concurrent_runs']} at once)",
+            "counts": counts,
+            "socket": status["socket_path"],
+        },
+        False,
+        ordered=True,
+    )
     _print()
     _runs_table(status["runs"])
 
@@ -248,8 +310,12 @@ def _run_daemon(settings: Settings, redis_url: str | None) -> int:
         # No redis_url configured: a private Redis in state_dir, append-only so records survive.
         server = RedisServer(settings.state_dir / "redis", appendonly=True, die_with_parent=True)
         with server:
-            log.info("no redis_url configured: embedded Redis at %s (data in %s); "
-                     "it stops with the daemon", server.url, server.data_dir)  # fmt: skip
+            log.info(
+                "no redis_url configured: embedded Redis at %s (data in %s); "
+                "it stops with the daemon",
+                server.url,
+                server.data_dir,
+            )
             anyio.run(_serve, settings, server.url, True)
         return EXIT_OK
     finally:
@@ -331,17 +397,29 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.command == "submit":
         if local is not None:
-            reply = await request(socket, "submit", app=args.app, message=args.message,
-                                  user_id=args.user_id, session_id=args.session_id,
-                                  task_id=args.task_id, timeout_s=args.timeout)  # fmt: skip
+            reply = await request(
+                socket,
+                "submit",
+                app=args.app,
+                message=args.message,
+                user_id=args.user_id,
+                session_id=args.session_id,
+                task_id=args.task_id,
+                timeout_s=args.timeout,
+            )
             task_id = reply["task_id"]
             if reply.get("warning"):
                 print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
         else:
             async with _redis_client(url, prefix) as client:
-                task_id = await client.submit(args.app, args.message, user_id=args.user_id,
-                                              session_id=args.session_id, task_id=args.task_id,
-                                              timeout_s=args.timeout)  # fmt: skip
+                task_id = await client.submit(
+                    args.app,
+                    args.message,
+                    user_id=args.user_id,
+                    session_id=args.session_id,
+                    task_id=args.task_id,
+                    timeout_s=args.timeout,
+                )
         if args.wait:
             return await _wait(url, prefix, task_id, None, args.json)
         if args.json:
@@ -394,7 +472,9 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
             json.dumps({"ok": True, "source": str(source) if source else None, "settings": data})
         )
         return EXIT_OK
-    _print(f"configuration OK ({source or 'no file: built-in defaults'}, plus ADK_SUPERVISOR_* variables)")  # fmt: skip
+    _print(
+        f"configuration OK ({source or 'no file: built-in defaults'}, plus ADK_SUPERVISOR_* variables)"
+    )
     apps = data.pop("apps")
     _emit(data, False)
     for name, ref in sorted(apps.items()):

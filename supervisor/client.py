@@ -85,9 +85,14 @@ class SupervisorClient:
     ) -> str:
         """Queues a run and returns its task id (the record is ``queued`` at once)."""
         return await submit_task(
-            self.store, app, message, user_id=user_id,
-            session_id=session_id, task_id=task_id, timeout_s=timeout_s,
-        )  # fmt: skip
+            self.store,
+            app,
+            message,
+            user_id=user_id,
+            session_id=session_id,
+            task_id=task_id,
+            timeout_s=timeout_s,
+        )
 
     async def abort(self, task_id: str, reason: str = "") -> int:
         """Aborts a task (durably: also before it starts); returns how many daemons heard it live."""

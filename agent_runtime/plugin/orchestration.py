@@ -332,11 +332,18 @@ class RedisOrchestrationPlugin(BasePlugin):
         store = self.store
         ic = inv.ic
         fields: dict[str, object] = {
-            "app": ic.app_name, "adk_app": ic.app_name, "user_id": ic.user_id,
-            "session_id": ic.session.id, "invocation_id": ic.invocation_id,
-            "node_id": socket.gethostname(), "pid": os.getpid(), "owner": self.owner,
-            "tracker": "plugin", "started_at": repr(time.time()), "agent": _agent_name(ic),
-        }  # fmt: skip
+            "app": ic.app_name,
+            "adk_app": ic.app_name,
+            "user_id": ic.user_id,
+            "session_id": ic.session.id,
+            "invocation_id": ic.invocation_id,
+            "node_id": socket.gethostname(),
+            "pid": os.getpid(),
+            "owner": self.owner,
+            "tracker": "plugin",
+            "started_at": repr(time.time()),
+            "agent": _agent_name(ic),
+        }
         # Index first: a crash between the two leaves an index entry recovery drops,
         # never a `running` record nobody can recover. HSETNX: a caller may reuse a
         # task id that a live invocation (here or elsewhere) holds; that one keeps it.
@@ -345,8 +352,9 @@ class RedisOrchestrationPlugin(BasePlugin):
             inv.foreign = True
             log.warning(
                 "task %s is already running in another invocation: this invocation "
-                "leaves its record alone", inv.task_id,
-            )  # fmt: skip
+                "leaves its record alone",
+                inv.task_id,
+            )
             return
         created = await store.create(inv.task_id, TaskState.RUNNING, fields)
         if created.applied:
@@ -354,9 +362,11 @@ class RedisOrchestrationPlugin(BasePlugin):
             return
         # A caller may pre-create the record (queued/starting) under its own id.
         moved = await store.transition(
-            inv.task_id, TaskState.RUNNING, fields,
+            inv.task_id,
+            TaskState.RUNNING,
+            fields,
             allowed_from=(TaskState.QUEUED, TaskState.STARTING),
-        )  # fmt: skip
+        )
         if moved.applied:
             inv.owned = True
             return
@@ -364,8 +374,9 @@ class RedisOrchestrationPlugin(BasePlugin):
         await drop_owned(store.client, self.key_prefix, self.owner, inv.task_id)
         log.warning(
             "task %s is already %s: this invocation leaves its record alone",
-            inv.task_id, moved.previous,
-        )  # fmt: skip
+            inv.task_id,
+            moved.previous,
+        )
 
     async def _finish(self, inv: _Invocation, state: TaskState, reason: str) -> None:
         """Ends one invocation: stops its timer and abort handler, records ``state`` once."""
@@ -400,8 +411,10 @@ class RedisOrchestrationPlugin(BasePlugin):
             self._pending[inv.task_id] = write
             log.warning(
                 "task %s: %s not recorded yet (%s); retrying while the process lives",
-                inv.task_id, state, exc,
-            )  # fmt: skip
+                inv.task_id,
+                state,
+                exc,
+            )
 
     async def _write_terminal(self, task_id: str, write: _TerminalWrite) -> None:
         """Records a terminal state, then drops this process's index entry; raises on Redis trouble.

@@ -203,11 +203,24 @@ class RedisSessionService(BaseSessionService):
         now = time.time()
         async with translate_redis_errors(self._where):
             reply = await self._create(
-                keys=[keys.meta, keys.state, keys.app.app_state, keys.app.user_state(user_id),
-                      keys.app.user_index(user_id)],
-                args=[keys.app.base, keys.member, keys.session_part, repr(now), self._ttl_ms,
-                      *_flatten(deltas["session"]), *_flatten(deltas["app"]), *_flatten(deltas["user"])],
-            )  # fmt: skip
+                keys=[
+                    keys.meta,
+                    keys.state,
+                    keys.app.app_state,
+                    keys.app.user_state(user_id),
+                    keys.app.user_index(user_id),
+                ],
+                args=[
+                    keys.app.base,
+                    keys.member,
+                    keys.session_part,
+                    repr(now),
+                    self._ttl_ms,
+                    *_flatten(deltas["session"]),
+                    *_flatten(deltas["app"]),
+                    *_flatten(deltas["user"]),
+                ],
+            )
         if as_text(reply[0]) == "EXISTS":
             raise AlreadyExistsError(f"Session with id {session_id} already exists.")
         session_state = json.loads(json.dumps(deltas["session"]))
@@ -245,10 +258,16 @@ class RedisSessionService(BaseSessionService):
         )
         async with translate_redis_errors(self._where):
             reply = await self._get(
-                keys=[keys.meta, keys.state, keys.events, keys.timestamps, keys.app.app_state,
-                      keys.app.user_state(user_id)],
+                keys=[
+                    keys.meta,
+                    keys.state,
+                    keys.events,
+                    keys.timestamps,
+                    keys.app.app_state,
+                    keys.app.user_state(user_id),
+                ],
                 args=[recent, after],
-            )  # fmt: skip
+            )
         if reply is None:
             return None
         _ct, update_time, rev, state_flat, app_flat, user_flat, raw_events = reply
@@ -350,14 +369,31 @@ class RedisSessionService(BaseSessionService):
             caller_last_id = session.events[-1].id if session.events else ""
             async with translate_redis_errors(self._where):
                 reply = await self._append(
-                    keys=[keys.meta, keys.state, keys.events, keys.timestamps, keys.app.app_state,
-                          keys.app.user_state(session.user_id), keys.app.user_index(session.user_id)],
-                    args=[keys.app.base, keys.member, keys.session_part, self._ttl_ms,
-                          session._storage_update_marker or "", repr(session.last_update_time),
-                          caller_last_id, event.id, repr(event.timestamp), event_json,
-                          *_flatten(deltas["session"]), *_flatten(deltas["app"]),
-                          *_flatten(deltas["user"])],
-                )  # fmt: skip
+                    keys=[
+                        keys.meta,
+                        keys.state,
+                        keys.events,
+                        keys.timestamps,
+                        keys.app.app_state,
+                        keys.app.user_state(session.user_id),
+                        keys.app.user_index(session.user_id),
+                    ],
+                    args=[
+                        keys.app.base,
+                        keys.member,
+                        keys.session_part,
+                        self._ttl_ms,
+                        session._storage_update_marker or "",
+                        repr(session.last_update_time),
+                        caller_last_id,
+                        event.id,
+                        repr(event.timestamp),
+                        event_json,
+                        *_flatten(deltas["session"]),
+                        *_flatten(deltas["app"]),
+                        *_flatten(deltas["user"]),
+                    ],
+                )
             status = as_text(reply[0])
             if status == "NOTFOUND":
                 raise SessionNotFoundError(f"Session {session.id} not found.")

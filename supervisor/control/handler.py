@@ -103,8 +103,13 @@ class ControlHandler:
             task_id = _text(request, "task_id")
             assert task_id is not None
             reason = _text(request, "reason", required=False) or ""
-            log.info("abort %s requested over the status socket by uid=%d pid=%d: %s",
-                     task_id, peer.uid, peer.pid, reason or "(no reason)")  # fmt: skip
+            log.info(
+                "abort %s requested over the status socket by uid=%d pid=%d: %s",
+                task_id,
+                peer.uid,
+                peer.pid,
+                reason or "(no reason)",
+            )
             heard = await sup.store.request_abort(task_id, reason)
             return {"task_id": task_id, "abort_published_to": heard}
         if cmd == "drain":
@@ -127,14 +132,26 @@ class ControlHandler:
             raise RequestError(str(exc)) from None
         try:
             task_id = await submit_task(
-                sup.store, app, message, user_id=user_id,
-                session_id=session_id, task_id=task_id, timeout_s=timeout_s,
-            )  # fmt: skip
+                sup.store,
+                app,
+                message,
+                user_id=user_id,
+                session_id=session_id,
+                task_id=task_id,
+                timeout_s=timeout_s,
+            )
         except ValueError as exc:  # an invalid task id, or one that exists already
             raise RequestError(str(exc)) from None
-        log.info("task %s submitted over the status socket by uid=%d pid=%d: app=%s",
-                 task_id, peer.uid, peer.pid, app)  # fmt: skip
+        log.info(
+            "task %s submitted over the status socket by uid=%d pid=%d: app=%s",
+            task_id,
+            peer.uid,
+            peer.pid,
+            app,
+        )
         reply: dict[str, Any] = {"task_id": task_id}
         if sup.draining:
-            reply["warning"] = "this node is draining: another node (or this one after a restart) will run it"  # fmt: skip
+            reply["warning"] = (
+                "this node is draining: another node (or this one after a restart) will run it"
+            )
         return reply

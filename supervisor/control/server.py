@@ -158,7 +158,12 @@ class StatusSocketServer:
         try:
             async with stream:
                 if self.connections > self.max_connections:
-                    await self._send(stream, error_reply(f"too many connections (max {self.max_connections}); retry later"))  # fmt: skip
+                    await self._send(
+                        stream,
+                        error_reply(
+                            f"too many connections (max {self.max_connections}); retry later"
+                        ),
+                    )
                     return
                 await self._converse(stream)
         except Exception:  # a client's trouble never reaches the daemon's task group

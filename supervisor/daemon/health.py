@@ -71,8 +71,11 @@ class Health:
         try:
             with anyio.fail_after(max(self._interval, 1.0)):
                 async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.set(self._keys.node_heartbeat(self._node_id), beat,
-                             px=int(self._interval * 3000))  # fmt: skip
+                    pipe.set(
+                        self._keys.node_heartbeat(self._node_id),
+                        beat,
+                        px=int(self._interval * 3000),
+                    )
                     # Back in the registry, should a peer have taken this node over.
                     pipe.sadd(self._keys.nodes, self._node_id)
                     await pipe.execute()

@@ -109,8 +109,10 @@ class Intake:
                 if entry is not None:
                     if self._draining:
                         # Unacknowledged, it stays pending for this node: its next start re-reads it.
-                        log.info("drain began while run %r was being read: left for the next "
-                                 "start", entry.id)  # fmt: skip
+                        log.info(
+                            "drain began while run %r was being read: left for the next start",
+                            entry.id,
+                        )
                         return
                     tg.start_soon(self._handle, entry)
                     handed_off = True
@@ -123,9 +125,12 @@ class Intake:
         backlog = cursor is not None
         try:
             reply: Any = await self._client.xreadgroup(
-                RUNS_GROUP, self._node_id, {self._stream: ">" if cursor is None else cursor},
-                count=1, block=None if backlog else _BLOCK_MS,
-            )  # fmt: skip
+                RUNS_GROUP,
+                self._node_id,
+                {self._stream: ">" if cursor is None else cursor},
+                count=1,
+                block=None if backlog else _BLOCK_MS,
+            )
             entries = reply[0][1] if reply else []
             if not entries:
                 return None, None

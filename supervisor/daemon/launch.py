@@ -97,15 +97,18 @@ class Launcher:
             if exc.task_id is not None:
                 # Only a queued record: a stray entry must not end someone's live run.
                 await self._store.transition(
-                    exc.task_id, TaskState.FAILED, {"reason": f"bad request: {exc}"},
+                    exc.task_id,
+                    TaskState.FAILED,
+                    {"reason": f"bad request: {exc}"},
                     allowed_from=(TaskState.QUEUED,),
-                )  # fmt: skip
+                )
             await entry.ack()
             return
         if not self._runs.begin_start(request.task_id):
             # A duplicate entry of a run this daemon already handles: leave that one alone.
-            log.warning("run request %r: task %s is already being run here", entry.id,
-                        request.task_id)  # fmt: skip
+            log.warning(
+                "run request %r: task %s is already being run here", entry.id, request.task_id
+            )
             await entry.ack()
             return
         try:
@@ -131,11 +134,16 @@ class Launcher:
             return None
 
         spec = RunSpec(
-            task_id=task_id, app_ref=request.app_ref, app_name=None, user_id=request.user_id,
-            session_id=request.session_id, message=request.message,
-            redis_url=self._node.redis_url, key_prefix=self._settings.key_prefix,
+            task_id=task_id,
+            app_ref=request.app_ref,
+            app_name=None,
+            user_id=request.user_id,
+            session_id=request.session_id,
+            message=request.message,
+            redis_url=self._node.redis_url,
+            key_prefix=self._settings.key_prefix,
             session_ttl=self._settings.session_ttl_s,
-        )  # fmt: skip
+        )
         container = self._containment.prepare(task_id)
         with self._reaper.expecting() as expected:
             try:
@@ -155,19 +163,29 @@ class Launcher:
         pidfd = os.pidfd_open(pid) if early_exit is None else None
         now = time.monotonic()
         run = ActiveRun(
-            spec, container, pid, pidfd,
+            spec,
+            container,
+            pid,
+            pidfd,
             (process_start_ticks(pid) or 0) if pidfd is not None else 0,
-            now, None if request.timeout_s is None else now + request.timeout_s,
-        )  # fmt: skip
+            now,
+            None if request.timeout_s is None else now + request.timeout_s,
+        )
         self._runs.add(run)
         if early_exit is not None:
             run.on_exit(early_exit)
         else:
             self._reaper.watch(pid, run.on_exit)
-        await self._recorder.record(task_id, TaskState.RUNNING, {
-            "pid": pid, "pgid": pid, "start_ticks": run.start_ticks,
-            "cgroup": str(container.cgroup or ""),
-        })  # fmt: skip
+        await self._recorder.record(
+            task_id,
+            TaskState.RUNNING,
+            {
+                "pid": pid,
+                "pgid": pid,
+                "start_ticks": run.start_ticks,
+                "cgroup": str(container.cgroup or ""),
+            },
+        )
         log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
         # An abort published between the check above and registering the run found nothing to kill.
         with contextlib.suppress(*REDIS_ERRORS):
@@ -178,10 +196,14 @@ class Launcher:
         """Moves the record to ``starting`` for this node and acknowledges the entry."""
         task_id = request.task_id
         starting = {
-            "node_id": self._node.node_id, "boot_id": self._node.boot_id, "intent": "spawn",
-            "app": request.app, "user_id": request.user_id, "session_id": request.session_id,
+            "node_id": self._node.node_id,
+            "boot_id": self._node.boot_id,
+            "intent": "spawn",
+            "app": request.app,
+            "user_id": request.user_id,
+            "session_id": request.session_id,
             "started_at": repr(time.time()),
-        }  # fmt: skip
+        }
         added = await self._store.client.sadd(self._node_tasks, task_id)
         moved = await self._store.transition(task_id, TaskState.STARTING, starting)
         if moved.missing:
@@ -224,7 +246,13 @@ class Launcher:
             if run.kill is not None
             else ""
         )
-        log.info("task %s %s after %.2fs%s: %s", run.task_id, state.value, duration, killed,
-                 fields.get("reason"))  # fmt: skip
+        log.info(
+            "task %s %s after %.2fs%s: %s",
+            run.task_id,
+            state.value,
+            duration,
+            killed,
+            fields.get("reason"),
+        )
         if run.kill is not None:
             await self._sealer.seal_killed(run.task_id, state.value, str(fields.get("reason", "")))

@@ -88,18 +88,32 @@ class Supervisor:
         )
         self.sealer = Sealer(self.store, settings.session_ttl_s)
         self.launcher = Launcher(
-            settings, self._identity, store=self.store, recorder=self.recorder, runs=self.runs,
-            reaper=self.reaper, containment=self.containment, spawner=self.spawner,
-            aborts=self.aborts, sealer=self.sealer, log_dir=self.log_dir,
-        )  # fmt: skip
+            settings,
+            self._identity,
+            store=self.store,
+            recorder=self.recorder,
+            runs=self.runs,
+            reaper=self.reaper,
+            containment=self.containment,
+            spawner=self.spawner,
+            aborts=self.aborts,
+            sealer=self.sealer,
+            log_dir=self.log_dir,
+        )
         self.intake = Intake(
             self.client, keys, self.node_id, settings.max_concurrent_runs, self.launcher.launch
         )
         self.peers = PeerWatch(self.store, self.node_id, settings.node_dead_after_s)
         self.health = Health(
-            self.client, keys, self.node_id, settings.heartbeat_interval_s,
-            SdNotifier.from_env(), self.summary, lambda: len(self.runs), self._fence,
-        )  # fmt: skip
+            self.client,
+            keys,
+            self.node_id,
+            settings.heartbeat_interval_s,
+            SdNotifier.from_env(),
+            self.summary,
+            lambda: len(self.runs),
+            self._fence,
+        )
 
     # ------------------------------------------------------------- lifecycle
 
@@ -110,17 +124,20 @@ class Supervisor:
         self.spawner.start()
         log.info(
             "adk-supervisor node=%s redis=%s kill_mechanism=%s spawner=%s max_concurrent_runs=%d",
-            self.node_id, redact_url(self.redis_url), self.containment.name, self.spawner.name,
+            self.node_id,
+            redact_url(self.redis_url),
+            self.containment.name,
+            self.spawner.name,
             self.settings.max_concurrent_runs,
-        )  # fmt: skip
+        )
         try:
             report = await self._join()
             async with anyio.create_task_group() as tg:
                 await tg.start(self.reaper.run)
                 await tg.start(self.recorder.run)
                 await tg.start(self.aborts.run)
-                tg.start_soon(self.intake.run)
-                tg.start_soon(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
+                await tg.start(self.intake.run)
+                await tg.start(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
                 if report.failures:
                     tg.start_soon(self.sealer.seal_orphans, report.failures)
                 await tg.start(self._status_socket().serve)
@@ -176,10 +193,13 @@ class Supervisor:
     def _status_socket(self) -> StatusSocketServer:
         settings = self.settings
         return StatusSocketServer(
-            settings.status_socket, ControlHandler(self), mode=settings.socket_mode,
-            group=settings.socket_group, max_connections=settings.socket_max_connections,
+            settings.status_socket,
+            ControlHandler(self),
+            mode=settings.socket_mode,
+            group=settings.socket_group,
+            max_connections=settings.socket_max_connections,
             idle_timeout_s=settings.socket_idle_timeout_s,
-        )  # fmt: skip
+        )
 
     async def _took_over(self, takeover: Takeover) -> None:
         if takeover.claimed:
@@ -211,8 +231,9 @@ class Supervisor:
                 for run in self.runs:
                     await run.finished.wait()
             if len(self.runs):
-                log.warning("drain deadline of %gs passed: killing %d runs", drain_s,
-                            len(self.runs))  # fmt: skip
+                log.warning(
+                    "drain deadline of %gs passed: killing %d runs", drain_s, len(self.runs)
+                )
         reason = (
             "supervisor shutting down"
             if policy == "kill"

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import anyio
+from anyio.abc import TaskStatus
 
 from agent_runtime.keys import RUNS_GROUP
 from agent_runtime.redis_connection import REDIS_ERRORS, as_text
@@ -62,9 +63,14 @@ class PeerWatch:
         await self.store.client.sadd(self.keys.nodes, self.node_id)
 
     async def run(
-        self, interval_s: float, on_takeover: Callable[[Takeover], Awaitable[None]]
+        self,
+        interval_s: float,
+        on_takeover: Callable[[Takeover], Awaitable[None]],
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Sweeps every ``interval_s`` until cancelled; Redis trouble skips a sweep."""
+        task_status.started()
         while True:
             await anyio.sleep(interval_s)
             try:
@@ -136,6 +142,10 @@ class PeerWatch:
         await client.srem(self.keys.nodes, node)
         log.warning(
             "took over node %s (no heartbeat for %.0fs): %d runs failed as orphaned, "
-            "%d queued runs claimed", node, missing_s, moved, claimed,
-        )  # fmt: skip
+            "%d queued runs claimed",
+            node,
+            missing_s,
+            moved,
+            claimed,
+        )
         return Takeover(node, failures, claimed)

@@ -166,8 +166,12 @@ class RunTable:
         """
         run = self._runs.get(task_id)
         if run is not None and run.kill is None:
-            log.warning("task %s was ended (%s) by a peer while this node was cut off "
-                        "from Redis: killing its processes", task_id, state)  # fmt: skip
+            log.warning(
+                "task %s was ended (%s) by a peer while this node was cut off "
+                "from Redis: killing its processes",
+                task_id,
+                state,
+            )
             self._kill(run, TaskState.FAILED, f"ended by a peer as {state} during an outage")
 
     def _kill(self, run: ActiveRun, state: TaskState, reason: str) -> None:

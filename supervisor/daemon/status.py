@@ -52,11 +52,18 @@ def run_rows(runs: Iterable[ActiveRun], apps: Mapping[str, str]) -> list[dict[st
     for run in runs:
         # A reaped leader's PID may name someone else by now: report nothing for it.
         rss, cpu = tree_usage(run.pid) if run.pidfd is not None else (0, 0.0)
-        rows.append({
-            "task_id": run.task_id, "app": by_ref.get(run.spec.app_ref, run.spec.app_ref),
-            "user_id": run.spec.user_id, "session_id": run.spec.session_id,
-            "pid": run.pid, "elapsed_s": round(now - run.started, 3),
-            "timeout_in_s": None if run.deadline is None else round(run.deadline - now, 3),
-            "rss_bytes": rss, "cpu_s": round(cpu, 3), "killing": run.kill is not None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "task_id": run.task_id,
+                "app": by_ref.get(run.spec.app_ref, run.spec.app_ref),
+                "user_id": run.spec.user_id,
+                "session_id": run.spec.session_id,
+                "pid": run.pid,
+                "elapsed_s": round(now - run.started, 3),
+                "timeout_in_s": None if run.deadline is None else round(run.deadline - now, 3),
+                "rss_bytes": rss,
+                "cpu_s": round(cpu, 3),
+                "killing": run.kill is not None,
+            }
+        )
     return rows

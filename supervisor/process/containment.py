@@ -147,8 +147,11 @@ class CgroupContainment:
             except FileNotFoundError:
                 pass
             except OSError as exc:  # still populated (a process stuck in D state)
-                log.error("cgroup %s not removed (%s); reconcile retries at the next start",
-                          container.cgroup, exc)  # fmt: skip
+                log.error(
+                    "cgroup %s not removed (%s); reconcile retries at the next start",
+                    container.cgroup,
+                    exc,
+                )
 
     def leftovers(self) -> list[RunContainer]:
         return [

@@ -176,18 +176,21 @@ class ForkServerSpawner:
         self._server_pidfd = os.pidfd_open(self.server_pid)
         ours.setblocking(False)
         self._sock = ours
-        log.info("fork server started: pid=%d, preloading %d apps", self.server_pid,
-                 len(self.preload))  # fmt: skip
+        log.info(
+            "fork server started: pid=%d, preloading %d apps", self.server_pid, len(self.preload)
+        )
 
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
         if len(spec.task_id.encode()) > MARKER_ROOM:
             raise SpawnError(f"task id longer than {MARKER_ROOM} bytes")
-        request = json.dumps({
-            "task_id": spec.task_id,
-            "spec": spec.to_json(),
-            "cgroup": str(container.cgroup) if container.cgroup else None,
-            "log": str(log_path),
-        }).encode()  # fmt: skip
+        request = json.dumps(
+            {
+                "task_id": spec.task_id,
+                "spec": spec.to_json(),
+                "cgroup": str(container.cgroup) if container.cgroup else None,
+                "log": str(log_path),
+            }
+        ).encode()
         async with self._lock:
             for attempt in (1, 2):
                 if self._sock is None:

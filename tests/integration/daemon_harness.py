@@ -51,8 +51,11 @@ class Daemon:
         url = ["--redis-url", self.redis_url] if self.redis_url else []
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", *url, "run"],
-            env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -71,12 +74,29 @@ class Daemon:
         """``adk-supervisor ARGS`` with this daemon's environment (so its config)."""
         return subprocess.run(
             [sys.executable, "-m", "supervisor", *args],
-            env=self.env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def log(self) -> str:
         """What the daemon logged so far."""
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def logged(self, text: str, timeout: float = 10) -> bool:
+        """Whether the daemon logs ``text`` within ``timeout`` seconds.
+
+        A log line may follow the Redis write a test saw (the daemon logs after it
+        acted), so a reader of both waits a moment for the line.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     @property
     def pid(self) -> int:

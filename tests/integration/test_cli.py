@@ -20,8 +20,12 @@ A = "examples.agents:"
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor", *args],
-        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
 
 
 @pytest.mark.parametrize("command", sorted(_COMMANDS))
@@ -40,8 +44,9 @@ def daemon(redis_server: object, tmp_path_factory: pytest.TempPathFactory) -> It
     from supervisor.ops.redis_server import RedisServer
 
     assert isinstance(redis_server, RedisServer)
-    d = Daemon(redis_server.url, "cli-t:", tmp_path_factory.mktemp("cli"), "auto",
-               ADK_EXAMPLE_HOLD_S="30")  # fmt: skip
+    d = Daemon(
+        redis_server.url, "cli-t:", tmp_path_factory.mktemp("cli"), "auto", ADK_EXAMPLE_HOLD_S="30"
+    )
     d.start()
     yield d
     d.stop()
@@ -67,11 +72,18 @@ def test_submit_prints_the_bare_task_id_and_wait_exits_by_state(daemon: Daemon) 
     assert json.loads(record.stdout)["reason"] == "from the cli"
     # A reader that leaves early (`| head -1`) does not change wait's exit code.
     piped = subprocess.run(
-        ["bash", "-c", f"{sys.executable} -m supervisor wait cli-slow | head -1; exit ${{PIPESTATUS[0]}}"],
+        [
+            "bash",
+            "-c",
+            f"{sys.executable} -m supervisor wait cli-slow | head -1; exit ${{PIPESTATUS[0]}}",
+        ],
         # Unbuffered: every line is its own write, so later ones meet the closed pipe.
-        env={**daemon.env, "PYTHONUNBUFFERED": "1"}, cwd=ROOT, capture_output=True, text=True,
+        env={**daemon.env, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert piped.returncode == 1 and piped.stdout.startswith("task_id")
     assert "Traceback" not in piped.stderr
     again = daemon.cli("submit", A + "slow_agent", "go", "--user-id", "u", "--task-id", "cli-slow")

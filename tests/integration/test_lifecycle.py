@@ -8,7 +8,7 @@ import grp
 import json
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -21,26 +21,6 @@ from .daemon_harness import Daemon, until_state
 pytestmark = pytest.mark.anyio
 
 A = "examples.agents:"
-
-
-@pytest.fixture
-def start_daemon(
-    tmp_path: Path, redis_url: str, key_prefix: str
-) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def start(url: str | None = "shared", state: str | None = None, **env: str) -> Daemon:
-        daemon = Daemon(
-            redis_url if url == "shared" else url, key_prefix,
-            tmp_path / (state or f"state{len(daemons)}"), "auto", **env,
-        )  # fmt: skip
-        daemon.start()
-        daemons.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        daemon.stop()
 
 
 def _signal_and_wait(daemon: Daemon, sig: int) -> int:
@@ -162,8 +142,13 @@ async def test_stale_socket_is_replaced_and_a_live_one_is_not(
     stale.close()  # what a crash leaves: the file, nobody listening
     daemon = start_daemon(ADK_SUPERVISOR_SOCKET_PATH=str(path))
     assert daemon.cli("status").returncode == 0
-    intruder = Daemon(daemon.redis_url, daemon.key_prefix, tmp_path / "other", "auto",
-                      ADK_SUPERVISOR_SOCKET_PATH=str(path))  # fmt: skip
+    intruder = Daemon(
+        daemon.redis_url,
+        daemon.key_prefix,
+        tmp_path / "other",
+        "auto",
+        ADK_SUPERVISOR_SOCKET_PATH=str(path),
+    )
     refused = intruder.cli("--redis-url", daemon.redis_url, "run", timeout=60)
     assert refused.returncode == 1 and f"another process is serving {path}" in refused.stderr
     assert daemon.cli("status").returncode == 0
@@ -171,9 +156,10 @@ async def test_stale_socket_is_replaced_and_a_live_one_is_not(
 
 async def test_socket_mode_group_and_json_logs(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon(
-        ADK_SUPERVISOR_SOCKET_MODE="0660", ADK_SUPERVISOR_SOCKET_GROUP="adm",
+        ADK_SUPERVISOR_SOCKET_MODE="0660",
+        ADK_SUPERVISOR_SOCKET_GROUP="adm",
         ADK_SUPERVISOR_LOG_FORMAT="json",
-    )  # fmt: skip
+    )
     info = daemon.socket_path.stat()
     assert info.st_mode & 0o777 == 0o660 and info.st_gid == grp.getgrnam("adm").gr_gid
     entries = [json.loads(line) for line in daemon.log().splitlines()]

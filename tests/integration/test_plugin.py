@@ -44,19 +44,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def sessions(redis_url: str, key_prefix: str) -> AsyncIterator[RedisSessionService]:
-    async with RedisSessionService(redis_url, key_prefix) as service:
-        yield service
-
-
-@pytest.fixture
-async def store(redis_url: str, key_prefix: str) -> AsyncIterator[TaskStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield TaskStore(client, key_prefix)
-    await client.aclose()
-
-
-@pytest.fixture
 async def make_plugin(
     redis_url: str, key_prefix: str
 ) -> AsyncIterator[Callable[..., RedisOrchestrationPlugin]]:
@@ -153,7 +140,12 @@ async def test_publish_aborts_run_in_slow_tool_through_adk_abort(
         await gate.started.wait()
     # A raw PUBLISH, as `redis-cli PUBLISH adk:abort:t-abort '{...}'` sends it: no durable mark.
     publisher = aioredis.Redis.from_url(redis_url)
-    assert await publisher.publish(f"{key_prefix}abort:t-abort", '{"action":"abort","reason":"operator"}') >= 1  # fmt: skip
+    assert (
+        await publisher.publish(
+            f"{key_prefix}abort:t-abort", '{"action":"abort","reason":"operator"}'
+        )
+        >= 1
+    )
     await publisher.aclose()
     async with asyncio.timeout(30):
         await run  # the run returns by itself: no cancel, no exception
@@ -203,8 +195,10 @@ async def test_timeout_ends_timed_out_through_the_abort_path(
     session = await sessions.get_session(app_name="papp", user_id="u", session_id="s1")
     assert session is not None
     assert any(
-        r.response == {"error": ABORT_MESSAGE} for e in session.events for r in e.get_function_responses()
-    )  # fmt: skip
+        r.response == {"error": ABORT_MESSAGE}
+        for e in session.events
+        for r in e.get_function_responses()
+    )
 
 
 async def test_one_subscriber_connection_serves_concurrent_runs(
@@ -216,10 +210,12 @@ async def test_one_subscriber_connection_serves_concurrent_runs(
     plugin = make_plugin()
     runs = [
         asyncio.create_task(
-            _run(_runner(slow_agent(g), plugin, sessions), f"s{i}", **{TASK_ID_METADATA_KEY: f"c{i}"})
+            _run(
+                _runner(slow_agent(g), plugin, sessions), f"s{i}", **{TASK_ID_METADATA_KEY: f"c{i}"}
+            )
         )
         for i, g in enumerate(gates)
-    ]  # fmt: skip
+    ]
     async with asyncio.timeout(30):
         for gate in gates:
             await gate.started.wait()
@@ -346,9 +342,15 @@ async def test_duplicate_task_id_leaves_the_live_invocation_alone(
 
 async def test_example_plugin_app_runs_without_the_daemon(redis_url: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "examples.plugin_app", "--redis-url", redis_url,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "examples.plugin_app",
+        "--redis-url",
+        redis_url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     async with asyncio.timeout(120):
         out, _ = await proc.communicate()
     assert proc.returncode == 0

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,11 @@ def spawn() -> Iterator[Any]:
     def start(*args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "tests.integration.plugin_worker", *args],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         return proc
 
@@ -52,13 +54,6 @@ def spawn() -> Iterator[Any]:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
-
-@pytest.fixture
-async def store(redis_url: str, key_prefix: str) -> AsyncIterator[TaskStore]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield TaskStore(client, key_prefix)
-    await client.aclose()
 
 
 async def _line(proc: subprocess.Popen[str], timeout: float = 120) -> str:
@@ -92,9 +87,12 @@ async def test_kill9_process_tasks_are_failed_sealed_and_session_usable(
     owner = await _killed_holder(spawn, redis_url, key_prefix, 2)
     async with RedisSessionService(redis_url, key_prefix) as sessions:
         recoverer = RedisOrchestrationPlugin(
-            redis_url, key_prefix, heartbeat_ttl_s=1, recovery_interval_s=0.2,
+            redis_url,
+            key_prefix,
+            heartbeat_ttl_s=1,
+            recovery_interval_s=0.2,
             session_service=sessions,
-        )  # fmt: skip
+        )
         try:
             await recoverer.start()  # recovers at start, then every 0.2 s
             async with asyncio.timeout(60):
@@ -133,8 +131,9 @@ async def test_kill9_process_tasks_are_failed_sealed_and_session_usable(
         assert history_problems(contents) == []
         assert any(
             p.function_response and p.function_response.response == {"error": ABORT_MESSAGE}
-            for c in contents for p in c.parts or []
-        )  # fmt: skip
+            for c in contents
+            for p in c.parts or []
+        )
 
 
 async def test_two_processes_recovering_at_once_fail_each_task_exactly_once(

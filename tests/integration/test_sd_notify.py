@@ -92,16 +92,27 @@ def test_daemon_lifecycle_under_fake_systemd(
     dead = subprocess.Popen(["true"])
     dead.wait()
     admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
-    admin.hset(f"{prefix}task:orphan", mapping={
-        "state": "running", "node_id": node, "boot_id": boot_id(), "pid": dead.pid,
-        "start_ticks": 1,
-    })  # fmt: skip
+    admin.hset(
+        f"{prefix}task:orphan",
+        mapping={
+            "state": "running",
+            "node_id": node,
+            "boot_id": boot_id(),
+            "pid": dead.pid,
+            "start_ticks": 1,
+        },
+    )
     admin.sadd(f"{prefix}node:{node}:tasks", "orphan")
     daemon = Daemon(
-        private_redis.url, prefix, tmp_path / "state", "auto", node_id=node,
-        NOTIFY_SOCKET=str(systemd.path), WATCHDOG_USEC="1000000",
+        private_redis.url,
+        prefix,
+        tmp_path / "state",
+        "auto",
+        node_id=node,
+        NOTIFY_SOCKET=str(systemd.path),
+        WATCHDOG_USEC="1000000",
         ADK_SUPERVISOR_HEARTBEAT_INTERVAL_S="0.3",
-    )  # fmt: skip
+    )
     daemon.start()
     try:
         ready = systemd.wait_for("READY=1")

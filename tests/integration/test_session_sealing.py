@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +19,6 @@ from .daemon_harness import Daemon
 from .plugin_agents import ABORT_MESSAGE, HistoryCheckingLlm, history_problems
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def sessions(redis_url: str, key_prefix: str) -> AsyncIterator[RedisSessionService]:
-    async with RedisSessionService(redis_url, key_prefix) as service:
-        yield service
 
 
 @pytest.fixture
@@ -59,22 +53,30 @@ async def test_seal_answers_dangling_calls_once_and_is_idempotent(
     assert [e.error_code for e in first] == ["INVOCATION_ABORTED", "INVOCATION_ABORTED"]
     response = first[0].get_function_responses()[0]
     assert (response.id, response.name, response.response) == (
-        "call-1", "slow_lookup", {"error": ABORT_MESSAGE},
-    )  # fmt: skip
+        "call-1",
+        "slow_lookup",
+        {"error": ABORT_MESSAGE},
+    )
     assert first[0].author == "slow" and first[0].content is not None
     assert first[1].content is None and first[1].invocation_id == "inv-1"
     assert first[1].custom_metadata == {
-        SEAL_METADATA_KEY: {"state": "aborted", "reason": "killed", "task_id": None, "invocation_id": "inv-1"}
-    }  # fmt: skip
+        SEAL_METADATA_KEY: {
+            "state": "aborted",
+            "reason": "killed",
+            "task_id": None,
+            "invocation_id": "inv-1",
+        }
+    }
     again = await seal_session(
         sessions, app_name="a", user_id="u", session_id="s", reason="killed", invocation_id="inv-1"
     )
     assert again == []
     stored = await sessions.get_session(app_name="a", user_id="u", session_id="s")
     assert stored is not None and len(stored.events) == 4
-    assert await seal_session(
-        sessions, app_name="a", user_id="u", session_id="missing", reason="x"
-    ) == []  # fmt: skip
+    assert (
+        await seal_session(sessions, app_name="a", user_id="u", session_id="missing", reason="x")
+        == []
+    )
 
 
 async def test_task_without_an_invocation_id_leaves_the_previous_turn_alone(
@@ -145,13 +147,15 @@ async def test_daemon_abort_mid_tool_seals_session_for_the_next_turn(
     # (ADK strips its own call ids from model requests: match by name.)
     assert any(
         p.function_call and p.function_call.name == call.name
-        for c in contents for p in c.parts or []
-    )  # fmt: skip
+        for c in contents
+        for p in c.parts or []
+    )
     assert any(
         p.function_response and p.function_response.response == {"error": ABORT_MESSAGE}
-        for c in contents for p in c.parts or []
-    )  # fmt: skip
-    assert "session sealed with 2 events" in daemon.log()
+        for c in contents
+        for p in c.parts or []
+    )
+    assert daemon.logged("session sealed with 2 events")
 
 
 async def test_reconcile_seals_the_session_of_an_orphan_it_fails(

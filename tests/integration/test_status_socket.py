@@ -26,10 +26,14 @@ A = "examples.agents:"
 def daemon(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     prefix = f"t-{uuid.uuid4().hex[:12]}:"
     d = Daemon(
-        redis_server.url, prefix, tmp_path_factory.mktemp("sock"), "auto",
-        ADK_SUPERVISOR_SOCKET_IDLE_TIMEOUT_S="2", ADK_SUPERVISOR_SOCKET_MAX_CONNECTIONS="100",
+        redis_server.url,
+        prefix,
+        tmp_path_factory.mktemp("sock"),
+        "auto",
+        ADK_SUPERVISOR_SOCKET_IDLE_TIMEOUT_S="2",
+        ADK_SUPERVISOR_SOCKET_MAX_CONNECTIONS="100",
         ADK_SUPERVISOR_APPS='{"slow": "examples.agents:slow_agent"}',
-    )  # fmt: skip
+    )
     d.start()
     yield d
     assert d.stop() == 0
@@ -125,11 +129,13 @@ def test_submit_status_abort_over_the_socket(daemon: Daemon) -> None:
         (b'{"cmd": "get"}\n', 'get: missing field "task_id"'),
         (b'{"cmd": "submit", "app": "slow", "message": "m"}\n', 'missing field "user_id"'),
         (b'{"cmd": "submit", "app": "nope", "message": "m", "user_id": "u"}\n', "unknown app"),
-        (b'{"cmd": "submit", "app": "slow", "message": "m", "user_id": "u", "timeout_s": -1}\n',
-         "must be positive"),
+        (
+            b'{"cmd": "submit", "app": "slow", "message": "m", "user_id": "u", "timeout_s": -1}\n',
+            "must be positive",
+        ),
         (b'{"cmd": "get", "task_id": "no-such-task"}\n', "no task 'no-such-task'"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_an_error_and_the_connection_goes_on(
     daemon: Daemon, payload: bytes, error: str
 ) -> None:
@@ -186,7 +192,10 @@ def test_hundreds_of_connections_at_once(daemon: Daemon) -> None:
         for _ in range(300):
             socks.append(_connect(daemon.socket_path))
         for sock in socks:
-            sock.sendall(b'{"cmd": "ping"}\n')
+            # A refused connection may already be closed by the daemon (its error reply
+            # waits in our receive buffer): writing to it then fails, reading still works.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(b'{"cmd": "ping"}\n')
         replies = []
         for sock in socks:
             line = _read_line(sock)

@@ -11,7 +11,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,6 +27,7 @@ from supervisor.process import boot_id, find_writable_cgroup2, process_start_tic
 
 from .daemon_harness import Daemon, until_state
 from .history import terminal_events
+from .signal_agents import NAMELESS_SIGNAL
 
 pytestmark = pytest.mark.anyio
 
@@ -42,25 +43,6 @@ def _cgroup_available() -> None:
             "on a host with cgroup2 mounted (see /proc/self/mountinfo)",
             pytrace=False,
         )
-
-
-@pytest.fixture
-def start_daemon(
-    tmp_path: Path, redis_url: str, key_prefix: str
-) -> Iterator[Callable[..., Daemon]]:
-    daemons: list[Daemon] = []
-
-    def start(mechanism: str = "cgroup", url: str | None = None, **env: str) -> Daemon:
-        daemon = Daemon(
-            url or redis_url, key_prefix, tmp_path / f"state{len(daemons)}", mechanism, **env
-        )
-        daemon.start()
-        daemons.append(daemon)
-        return daemon
-
-    yield start
-    for daemon in daemons:
-        daemon.stop()
 
 
 def _gone(pids: list[int], timeout: float = 5) -> bool:
@@ -106,6 +88,20 @@ async def test_exit_kinds_are_recorded_faithfully(
     assert "the agent broke on purpose" in failed["reason"]
     exited = await client.wait(exit3, 60)
     assert exited["state"] == "failed" and exited["exit_code"] == "3" and "signal" not in exited
+
+
+async def test_run_ended_by_a_signal_without_a_name_is_recorded_failed(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # Signal 40 has no signal.Signals member: naming it used to raise in the daemon,
+    # which dropped the run and left its record `running` for good.
+    start_daemon()
+    task = await client.submit(
+        "tests.integration.signal_agents:nameless_signal_agent", "go", user_id="u"
+    )
+    record = await client.wait(task, 60)
+    assert record["state"] == "failed" and record["signal"] == f"SIG{NAMELESS_SIGNAL}"
+    assert "not sent by the supervisor" in record["reason"]
 
 
 @pytest.mark.parametrize(
@@ -266,9 +262,16 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
         node = "planted-node"
         ticks = process_start_ticks(stranger.pid)
         assert ticks is not None
-        await client.store.create("planted", TaskState.RUNNING, {
-            "node_id": node, "boot_id": boot_id(), "pid": stranger.pid, "start_ticks": ticks + 1,
-        })  # fmt: skip
+        await client.store.create(
+            "planted",
+            TaskState.RUNNING,
+            {
+                "node_id": node,
+                "boot_id": boot_id(),
+                "pid": stranger.pid,
+                "start_ticks": ticks + 1,
+            },
+        )
         await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
         start_daemon(node_id=node)
         record = await until_state(client, "planted", "failed")
@@ -303,7 +306,7 @@ async def test_terminal_state_written_after_redis_comes_back(
         private_redis.start()
         record = await until_state(c, task, "timed_out", timeout=30)
         assert record["signal"] == "SIGKILL"
-    assert "written after Redis came back" in daemon.log()
+    assert daemon.logged("written after Redis came back")
 
 
 async def test_kill_grace_sends_sigterm_first_then_sigkill(

@@ -22,10 +22,17 @@ def _directives() -> dict[str, list[str]]:
 def test_unit_matches_the_daemon() -> None:
     d = _directives()
     expected = {
-        "Type": "notify", "NotifyAccess": "main", "Restart": "on-failure", "KillMode": "mixed",
-        "Delegate": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
-        "PrivateTmp": "yes", "RuntimeDirectory": "adk-supervisor", "StateDirectory": "adk-supervisor",
-    }  # fmt: skip
+        "Type": "notify",
+        "NotifyAccess": "main",
+        "Restart": "on-failure",
+        "KillMode": "mixed",
+        "Delegate": "yes",
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "PrivateTmp": "yes",
+        "RuntimeDirectory": "adk-supervisor",
+        "StateDirectory": "adk-supervisor",
+    }
     for key, value in expected.items():
         assert d.get(key) == [value], key
     assert int(d["WatchdogSec"][0]) > 2 * Settings.model_fields["heartbeat_interval_s"].default

@@ -1,0 +1,65 @@
+"""Admission of runs-stream entries: every field of an untrusted entry is checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from supervisor.daemon.admission import Rejected, admit, resolve_app
+
+APPS = {"weather": "examples.agents:weather_agent"}
+
+
+def _admit(entry: dict[str, str], **options: object) -> object:
+    kwargs: dict[str, object] = {"allow_import_paths": True, "default_timeout_s": None}
+    kwargs.update(options)
+    return admit(entry, APPS, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_full_entry_is_admitted_with_its_app_resolved() -> None:
+    request = admit(
+        {"task_id": "t1", "app": "weather", "user_id": "u", "message": "hi", "timeout": "2.5"},
+        APPS,
+        allow_import_paths=False,
+        default_timeout_s=None,
+    )
+    assert request.app_ref == "examples.agents:weather_agent"
+    assert request.session_id == "t1"  # the task id, unless the entry names a session
+    assert request.timeout_s == 2.5
+
+
+def test_the_default_timeout_applies_when_the_entry_names_none() -> None:
+    entry = {"task_id": "t1", "app": "weather", "user_id": "u", "message": "hi"}
+    assert admit(entry, APPS, allow_import_paths=True, default_timeout_s=30).timeout_s == 30
+
+
+@pytest.mark.parametrize("task_id", ["", "../etc", ".hidden", "a b", "x" * 129])
+def test_an_entry_without_a_valid_task_id_touches_no_record(task_id: str) -> None:
+    with pytest.raises(Rejected) as rejected:
+        _admit({"task_id": task_id, "app": "weather", "user_id": "u", "message": "hi"})
+    assert rejected.value.task_id is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ({"app": "weather", "user_id": "u"}, "missing message"),
+        ({"app": "weather", "message": "hi"}, "missing user_id"),
+        ({"app": "nope", "user_id": "u", "message": "hi"}, "unknown app 'nope'"),
+        ({"app": "weather", "user_id": "u", "message": "hi", "timeout": "-1"}, "positive"),
+        ({"app": "weather", "user_id": "u", "message": "hi", "timeout": "nan"}, "positive"),
+        ({"app": "weather", "user_id": "u", "message": "hi", "timeout": "inf"}, "positive"),
+        ({"app": "weather", "user_id": "u", "message": "hi", "timeout": "soon"}, "soon"),
+    ],
+)
+def test_a_bad_entry_fails_its_queued_record_with_the_reason(
+    entry: dict[str, str], says: str
+) -> None:
+    with pytest.raises(Rejected) as rejected:
+        _admit({"task_id": "t1", **entry})
+    assert rejected.value.task_id == "t1" and says in str(rejected.value)
+
+
+def test_import_paths_only_where_the_operator_allowed_them() -> None:
+    assert resolve_app("pkg.mod:agent", APPS, True) == "pkg.mod:agent"
+    with pytest.raises(ValueError, match=r"allow_import_paths = false.*weather"):
+        resolve_app("pkg.mod:agent", APPS, False)

@@ -1,0 +1,60 @@
+"""A run's terminal state from its wait status and the supervisor's own kill."""
+
+from __future__ import annotations
+
+import resource
+import signal
+
+from agent_runtime.task_store import TaskState
+from supervisor.daemon.outcome import outcome, signal_name
+from supervisor.daemon.reaper import ExitStatus
+from supervisor.daemon.runs import KillOrder
+
+
+def _exited(code: int) -> ExitStatus:
+    return ExitStatus(code << 8, None)
+
+
+def _signalled(number: int) -> ExitStatus:
+    return ExitStatus(number, None)
+
+
+def test_exit_0_is_completed() -> None:
+    state, fields = outcome(_exited(0), None)
+    assert state is TaskState.COMPLETED
+    assert fields == {"exit_code": 0, "reason": "exited 0"}
+
+
+def test_a_nonzero_exit_fails_with_the_error_the_run_recorded() -> None:
+    state, fields = outcome(_exited(1), None, "RuntimeError: broke")
+    assert state is TaskState.FAILED and fields["exit_code"] == 1
+    assert fields["reason"] == "exit code 1: RuntimeError: broke"
+
+
+def test_a_signal_nobody_here_sent_is_a_failure_that_says_so() -> None:
+    state, fields = outcome(_signalled(signal.SIGSEGV), None)
+    assert state is TaskState.FAILED and fields["signal"] == "SIGSEGV"
+    assert fields["reason"] == "killed by SIGSEGV (not sent by the supervisor)"
+
+
+def test_our_kill_is_recorded_as_its_own_state_not_as_a_crash() -> None:
+    kill = KillOrder(TaskState.ABORTED, "operator said so", 0.0)
+    state, fields = outcome(_signalled(signal.SIGKILL), kill)
+    assert state is TaskState.ABORTED and fields["reason"] == "operator said so"
+    assert fields["signal"] == "SIGKILL"
+    # A run that exited on its own just as the kill went out keeps the kill's story.
+    state, fields = outcome(_exited(0), KillOrder(TaskState.TIMED_OUT, "timed out", 0.0))
+    assert state is TaskState.TIMED_OUT and fields["signal"] == "SIGKILL"
+
+
+def test_resource_usage_is_recorded() -> None:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    _, fields = outcome(ExitStatus(0, usage), None)
+    assert float(str(fields["cpu_s"])) > 0 and fields["max_rss_kb"] == usage.ru_maxrss
+
+
+def test_signals_without_a_name_of_their_own_are_named_by_number() -> None:
+    assert signal_name(9) == "SIGKILL"
+    assert signal_name(signal.SIGRTMIN + 6) == f"SIG{signal.SIGRTMIN + 6}"
+    _, fields = outcome(_signalled(signal.SIGRTMIN + 6), None)
+    assert fields["signal"] == f"SIG{signal.SIGRTMIN + 6}"
