@@ -103,6 +103,8 @@ class Intake:
             await self._slots.acquire()
             handed_off = False
             try:
+                if self._draining:  # drained while waiting for a free slot
+                    return
                 if cursor is None and rescans_seen != self._rescans:
                     rescans_seen, cursor = self._rescans, "0"
                 entry, cursor = await self._read(cursor)

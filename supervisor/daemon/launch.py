@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -149,10 +148,7 @@ class Launcher:
             try:
                 pid = await self._spawner.spawn(spec, container, self._log_dir / f"{task_id}.log")
             except (OSError, ValueError) as exc:
-                # A half-started run (the fork server died or stalled mid-request) may be
-                # inside the container: sweep it before giving the container up.
-                self._containment.kill(container, None, 0, signal.SIGKILL)
-                self._containment.release(container)
+                self._runs.discard(container)
                 log.error("task %s: spawn failed: %s", task_id, exc)
                 await self._recorder.record(
                     task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"}

@@ -174,6 +174,15 @@ class RunTable:
             )
             self._kill(run, TaskState.FAILED, f"ended by a peer as {state} during an outage")
 
+    def discard(self, container: RunContainer) -> None:
+        """Kills whatever a failed spawn left in ``container`` and removes it.
+
+        A half-started run (the fork server died or stalled mid-request) may be
+        inside: it must not live on unrecorded.
+        """
+        self._containment.kill(container, None, 0, signal.SIGKILL)
+        self._containment.release(container)
+
     def _kill(self, run: ActiveRun, state: TaskState, reason: str) -> None:
         """Kills the run's whole tree now (SIGTERM first only with a configured grace)."""
         if run.kill is not None:
