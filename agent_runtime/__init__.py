@@ -15,7 +15,8 @@ from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .plugin import TASK_ID_METADATA_KEY, TIMEOUT_METADATA_KEY, RedisOrchestrationPlugin
-    from .redis_connection import RedisUnavailableError, connect, redact_url
+    from .redis_connection import RedisUnavailableError, connect
+    from .redis_url import redact_url
     from .sessions import SEAL_METADATA_KEY, RedisSessionService, seal_session, seal_task_session
 
 __all__ = [
@@ -36,7 +37,7 @@ __getattr__, __dir__ = lazy_exports(
     {
         "RedisUnavailableError": ".redis_connection",
         "connect": ".redis_connection",
-        "redact_url": ".redis_connection",
+        "redact_url": ".redis_url",
         "SEAL_METADATA_KEY": ".sessions",
         "RedisSessionService": ".sessions",
         "seal_session": ".sessions",

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import AuthenticationError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .redis_url import SCHEMES, redact_url
 
 __all__ = [
     "REDIS_ERRORS",
@@ -21,7 +23,6 @@ __all__ = [
     "translate_redis_errors",
 ]
 
-_SCHEMES = ("redis", "rediss", "unix")
 
 # Everything a Redis call can raise that is Redis's trouble, not a bug of ours:
 # lost connections and timeouts, and error replies such as OOM (maxmemory),
@@ -46,16 +47,6 @@ def as_text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
-def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
 
@@ -64,7 +55,7 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     are bytes (``decode_responses=False``) unless ``kwargs`` say otherwise.
     """
     scheme = urlsplit(url).scheme
-    if scheme not in _SCHEMES:
+    if scheme not in SCHEMES:
         raise ValueError(
             f"unsupported Redis URL {redact_url(url)!r}: use redis://host:port/db, "
             "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"

@@ -20,30 +20,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
-import signal
 import sys
 import textwrap
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .control.client import request
 from .errors import (
     ConfigError,
     DaemonError,
     DaemonUnavailable,
     RedisServerError,
     SocketInUseError,
-    StateDirLocked,
     SupervisorError,
     TaskNotFoundError,
 )
-from .ops.logs import setup_logging
+from .paths import locate_socket
 
 if TYPE_CHECKING:
-    from .client import SupervisorClient
     from .config import Settings
 
 __all__ = ["main"]
@@ -54,8 +50,6 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_FOUND = 4
 EXIT_WAIT_TIMEOUT = 124
-
-log = logging.getLogger("adk_supervisor")
 
 
 class CliError(Exception):
@@ -202,6 +196,8 @@ _FIRST = (
 def _shown(key: str, value: Any) -> Any:
     # Records keep epoch seconds (sortable, zone-free); people read local time.
     if key.endswith("_at"):
+        from datetime import datetime
+
         with contextlib.suppress(ValueError, OverflowError, OSError):
             return datetime.fromtimestamp(float(value)).isoformat(sep=" ", timespec="milliseconds")
     return value
@@ -287,72 +283,26 @@ def _status_text(status: dict[str, Any]) -> None:
 # ------------------------------------------------------------------- commands
 
 
-def _run_daemon(settings: Settings, redis_url: str | None) -> int:
-    import anyio
+def _settings(args: argparse.Namespace) -> Settings:
+    """The full, validated settings (raises ConfigError), with logging set up from them."""
+    import logging
 
-    from .ops.redis_server import RedisServer
-    from .ops.state_lock import StateDirLock
+    from .config import load_settings, unknown_env_vars
+    from .ops.logs import setup_logging
 
-    try:
-        lock = StateDirLock(settings.state_dir)
-        lock.acquire()
-    except StateDirLocked as exc:
-        raise CliError(str(exc)) from None
-    except OSError as exc:
-        raise CliError(
-            f"cannot use state_dir {settings.state_dir}: {exc.strerror or exc}. Set state_dir "
-            "in the config (or ADK_SUPERVISOR_STATE_DIR) to a directory this user may write"
-        ) from None
-    try:
-        if redis_url:
-            anyio.run(_serve, settings, redis_url, False)
-            return EXIT_OK
-        # No redis_url configured: a private Redis in state_dir, append-only so records survive.
-        server = RedisServer(settings.state_dir / "redis", appendonly=True, die_with_parent=True)
-        with server:
-            log.info(
-                "no redis_url configured: embedded Redis at %s (data in %s); "
-                "it stops with the daemon",
-                server.url,
-                server.data_dir,
-            )
-            anyio.run(_serve, settings, server.url, True)
-        return EXIT_OK
-    finally:
-        lock.release()
+    settings = load_settings(args.config)
+    setup_logging(settings.log_level, settings.log_format)
+    for name in unknown_env_vars():
+        logging.getLogger("adk_supervisor").warning(
+            "%s is set but names no setting: ignored (a typo?)", name
+        )
+    return settings
 
 
-async def _serve(settings: Settings, redis_url: str, embedded: bool) -> None:
-    import anyio
-
-    from .daemon import Supervisor
-
-    supervisor = Supervisor(settings, redis_url=redis_url, embedded_redis=embedded)
-    async with anyio.create_task_group() as tg:
-
-        async def on_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                # Kept open while stopping: a second Ctrl-C must not kill the daemon
-                # before it has recorded how its runs ended.
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if supervisor.stopping:
-                        log.warning("%s: already stopping, recording how runs ended", name)
-                        continue
-                    log.info("%s: stopping", name)
-                    supervisor.stop()
-
-        tg.start_soon(on_signals)
-        await supervisor.serve()
-        tg.cancel_scope.cancel()
-
-
-async def _daemon_redis(socket: Path) -> tuple[str, str] | None:
+def _daemon_redis(socket: Path) -> tuple[str, str] | None:
     """The local daemon's Redis URL and key prefix, or None if no daemon answers."""
-    from .control.client import request
-
     try:
-        reply = await request(socket, "ping", timeout_s=10)
+        reply = request(socket, "ping", timeout_s=10)
     except DaemonUnavailable:
         return None
     return str(reply["redis_url"]), str(reply["key_prefix"])
@@ -366,14 +316,26 @@ def _no_daemon(socket: Path) -> CliError:
     )
 
 
-async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
-    from .control.client import request
+def _client_command(args: argparse.Namespace) -> int:
+    """Every command but ``run`` and ``check-config``.
 
-    socket: Path = args.socket or settings.status_socket
+    The local daemon answers through its socket, found without loading the full
+    settings; they load (and are validated) only when no daemon answers and the
+    command must reach Redis directly, or must explain why it cannot.
+    """
+    settings: Settings | None = None
+    socket: Path | None = args.socket
+    if socket is None:
+        try:
+            socket = locate_socket(args.config)
+        except (OSError, ValueError):  # the full settings say what is wrong
+            settings = _settings(args)
+            socket = settings.status_socket
     if args.command in ("status", "ps", "drain"):
         try:
-            reply = await request(socket, "status" if args.command == "ps" else args.command)
+            reply = request(socket, "status" if args.command == "ps" else args.command)
         except DaemonUnavailable:
+            settings = settings or _settings(args)  # a config error explains more
             raise _no_daemon(socket) from None
         if args.json:
             _print(json.dumps(reply["runs"] if args.command == "ps" else reply, sort_keys=True))
@@ -386,42 +348,29 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
 
     # Prefer the local daemon; an explicit --redis-url means "Redis directly".
-    local = None if args.redis_url else await _daemon_redis(socket)
-    direct: str | None = args.redis_url or settings.redis_url
+    local = None if args.redis_url else _daemon_redis(socket)
     if local is not None:
         url, prefix = local
-    elif direct:
-        url, prefix = direct, settings.key_prefix
     else:
-        raise _no_daemon(socket)
+        settings = settings or _settings(args)
+        direct: str | None = args.redis_url or settings.redis_url
+        if not direct:
+            raise _no_daemon(socket)
+        url, prefix = direct, settings.key_prefix
 
     if args.command == "submit":
         if local is not None:
-            reply = await request(
-                socket,
-                "submit",
-                app=args.app,
-                message=args.message,
-                user_id=args.user_id,
-                session_id=args.session_id,
-                task_id=args.task_id,
-                timeout_s=args.timeout,
-            )
-            task_id = reply["task_id"]
+            reply = request(
+                socket, "submit", app=args.app, message=args.message, user_id=args.user_id,
+                session_id=args.session_id, task_id=args.task_id, timeout_s=args.timeout,
+            )  # fmt: skip
+            task_id = str(reply["task_id"])
             if reply.get("warning"):
                 print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
         else:
-            async with _redis_client(url, prefix) as client:
-                task_id = await client.submit(
-                    args.app,
-                    args.message,
-                    user_id=args.user_id,
-                    session_id=args.session_id,
-                    task_id=args.task_id,
-                    timeout_s=args.timeout,
-                )
+            task_id = _over_redis(url, prefix, "submit", args)
         if args.wait:
-            return await _wait(url, prefix, task_id, None, args.json)
+            return _wait(url, prefix, task_id, None, args.json)
         if args.json:
             _emit({"task_id": task_id}, True)
         else:
@@ -429,30 +378,44 @@ async def _client_command(args: argparse.Namespace, settings: Settings) -> int:
         return EXIT_OK
     if args.command == "abort":
         if local is not None:
-            reply = await request(socket, "abort", task_id=args.task_id, reason=args.reason)
+            reply = request(socket, "abort", task_id=args.task_id, reason=args.reason)
             heard = int(reply["abort_published_to"])
         else:
-            async with _redis_client(url, prefix) as client:
-                heard = await client.abort(args.task_id, args.reason)
+            heard = _over_redis(url, prefix, "abort", args)
         _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
         return EXIT_OK
     if args.command == "get":
-        async with _redis_client(url, prefix) as client:
-            _emit(await client.get(args.task_id), args.json)
+        _emit(_over_redis(url, prefix, "get", args), args.json)
         return EXIT_OK
-    return await _wait(url, prefix, args.task_id, args.timeout, args.json)
+    return _wait(url, prefix, args.task_id, args.timeout, args.json)
 
 
-def _redis_client(url: str, prefix: str) -> SupervisorClient:
+def _over_redis(url: str, prefix: str, command: str, args: argparse.Namespace) -> Any:
+    """One client call straight to Redis (redis-py and asyncio load only here)."""
+    import anyio
+
     from .client import SupervisorClient
 
-    return SupervisorClient(url, prefix)
+    async def call() -> Any:
+        async with SupervisorClient(url, prefix) as client:
+            if command == "submit":
+                return await client.submit(
+                    args.app, args.message, user_id=args.user_id, session_id=args.session_id,
+                    task_id=args.task_id, timeout_s=args.timeout,
+                )  # fmt: skip
+            if command == "abort":
+                return await client.abort(args.task_id, args.reason)
+            if command == "get":
+                return await client.get(args.task_id)
+            return await client.wait(args.task_id, args.timeout)
+
+    return anyio.run(call)
 
 
-async def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: bool) -> int:
+def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: bool) -> int:
+    args = argparse.Namespace(task_id=task_id, timeout=limit_s)
     try:
-        async with _redis_client(url, prefix) as client:
-            record = await client.wait(task_id, limit_s)
+        record = _over_redis(url, prefix, "wait", args)
     except TimeoutError:
         raise CliError(
             f"task {task_id} did not end within {limit_s:g}s", EXIT_WAIT_TIMEOUT
@@ -510,24 +473,19 @@ def _main(argv: Sequence[str] | None) -> int:
     for name, default in (("config", None), ("redis_url", None), ("socket", None), ("json", False)):
         if not hasattr(args, name):
             setattr(args, name, default)
-    from .config import load_settings, unknown_env_vars
-
     try:
-        settings = load_settings(args.config)
+        if args.command == "check-config":
+            return _check_config(args, _settings(args))
+        if args.command == "run":
+            from .daemon.foreground import run_foreground
+
+            settings = _settings(args)
+            run_foreground(settings, args.redis_url or settings.redis_url)
+            return EXIT_OK
+        return _client_command(args)
     except ConfigError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(settings.log_level, settings.log_format)
-    for name in unknown_env_vars():
-        log.warning("%s is set but names no setting: ignored (a typo?)", name)
-    try:
-        if args.command == "check-config":
-            return _check_config(args, settings)
-        if args.command == "run":
-            return _run_daemon(settings, args.redis_url or settings.redis_url)
-        import anyio
-
-        return anyio.run(_client_command, args, settings)
     except CliError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)
         return exc.code

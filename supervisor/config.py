@@ -23,9 +23,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent_runtime.redis_connection import redact_url
+from agent_runtime.redis_url import redact_url
 
 from .errors import ConfigError
+from .paths import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_STATE_DIR,
+    ENV_PREFIX,
+    find_config_path,
+    socket_path_for,
+)
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -35,8 +42,6 @@ __all__ = [
     "unknown_env_vars",
 ]
 
-DEFAULT_CONFIG_PATH = Path("/etc/adk-supervisor/config.toml")
-ENV_PREFIX = "ADK_SUPERVISOR_"
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 
@@ -50,7 +55,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     key_prefix: str = "adk:"
     node_id: str = Field(default_factory=socket.gethostname)
-    state_dir: Path = Path("/var/lib/adk-supervisor")
+    state_dir: Path = DEFAULT_STATE_DIR
     socket_path: Path | None = None
     socket_mode: int = Field(default=0o600, ge=0, le=0o777)
     socket_group: str | None = None
@@ -144,10 +149,7 @@ class Settings(BaseSettings):
     def _absolute_paths(self) -> Settings:
         # Resolved once, against the directory the command started in, so the daemon and
         # the CLI of one checkout agree on where state and the socket live.
-        self.state_dir = self.state_dir.expanduser().absolute()
-        if self.socket_path is None:
-            self.socket_path = self.state_dir / "supervisor.sock"
-        self.socket_path = self.socket_path.expanduser().absolute()
+        self.state_dir, self.socket_path = socket_path_for(self.state_dir, self.socket_path)
         size = len(os.fsencode(self.socket_path))
         if size > _MAX_SOCKET_PATH:
             raise ValueError(
@@ -191,14 +193,6 @@ def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
         for name in env
         if name.startswith(ENV_PREFIX) and name.removeprefix(ENV_PREFIX) not in known
     )
-
-
-def find_config_path(path: Path | str | None = None) -> Path | None:
-    """The config file to read: ``path``, else ``$ADK_SUPERVISOR_CONFIG``, else the default if present."""
-    chosen = path or os.environ.get(f"{ENV_PREFIX}CONFIG")
-    if chosen:
-        return Path(chosen)
-    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
 
 
 def _problems(exc: ValidationError) -> list[str]:

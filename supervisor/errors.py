@@ -19,6 +19,7 @@ __all__ = [
     "SocketInUseError",
     "SpawnError",
     "StateDirLocked",
+    "StateDirUnusable",
     "SupervisorError",
     "TaskExistsError",
     "TaskNotFoundError",
@@ -67,6 +68,10 @@ class SocketInUseError(SupervisorError, RuntimeError):
 
 class StateDirLocked(SupervisorError, RuntimeError):
     """Another live daemon holds the state directory."""
+
+
+class StateDirUnusable(SupervisorError, OSError):
+    """``state_dir`` cannot be created or written; the message says what to set."""
 
 
 class RedisServerError(SupervisorError, RuntimeError):

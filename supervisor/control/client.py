@@ -1,13 +1,16 @@
-"""Client side of the status socket: one request, one reply."""
+"""Client side of the status socket: one request, one reply.
+
+Blocking, on purpose: a CLI call sends one line and reads one, and a plain
+socket does that without importing asyncio (a tenth of a second on a small
+machine). Async callers run it in a worker thread.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any
-
-import anyio
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import DaemonError, DaemonUnavailable, TaskNotFoundError
 from .protocol import MAX_REPLY, encode
@@ -15,24 +18,28 @@ from .protocol import MAX_REPLY, encode
 __all__ = ["request"]
 
 
-async def request(path: Path, cmd: str, timeout_s: float = 30.0, **fields: Any) -> dict[str, Any]:
+def request(path: Path, cmd: str, timeout_s: float = 30.0, **fields: Any) -> dict[str, Any]:
     """Sends ``{"cmd": cmd, **fields}`` and returns the reply (without ``ok``).
 
-    Raises :class:`DaemonUnavailable` when no daemon answers,
-    :class:`TaskNotFoundError` for an unknown task and :class:`DaemonError` for
-    any other refusal.
+    Raises :class:`DaemonUnavailable` when no daemon answers (or it does not
+    answer within ``timeout_s``), :class:`TaskNotFoundError` for an unknown task
+    and :class:`DaemonError` for any other refusal.
     """
-    try:
-        stream = await anyio.connect_unix(path)
-    except OSError as exc:
-        raise DaemonUnavailable(f"no daemon answers on {path} ({exc.strerror or exc})") from None
-    async with stream:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
         try:
-            with anyio.fail_after(timeout_s):
-                await stream.send(encode({"cmd": cmd, **fields}))
-                line = await BufferedByteReceiveStream(stream).receive_until(b"\n", MAX_REPLY)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError, OSError):
-            raise DaemonUnavailable(f"the daemon on {path} closed the connection") from None
+            sock.connect(str(path))
+        except OSError as exc:
+            raise DaemonUnavailable(
+                f"no daemon answers on {path} ({exc.strerror or exc})"
+            ) from None
+        try:
+            sock.sendall(encode({"cmd": cmd, **fields}))
+            line = _read_line(sock)
+        except OSError as exc:  # reset, or the timeout
+            raise DaemonUnavailable(f"the daemon on {path} did not answer ({exc})") from None
+    if line is None:
+        raise DaemonUnavailable(f"the daemon on {path} closed the connection")
     reply: dict[str, Any] = json.loads(line)
     if not reply.pop("ok", False):
         message = str(reply.get("error", "unknown error"))
@@ -40,3 +47,16 @@ async def request(path: Path, cmd: str, timeout_s: float = 30.0, **fields: Any) 
             raise TaskNotFoundError(message)
         raise DaemonError(message)
     return reply
+
+
+def _read_line(sock: socket.socket) -> bytes | None:
+    """One reply line, or None if the daemon closed first."""
+    buffer = bytearray()
+    while b"\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buffer += chunk
+        if len(buffer) > MAX_REPLY:
+            raise DaemonUnavailable(f"reply longer than {MAX_REPLY} bytes")
+    return bytes(buffer[: buffer.index(b"\n")])

@@ -10,12 +10,13 @@ import math
 import os
 from typing import Any, Protocol
 
-from agent_runtime.redis_connection import redact_url
+from agent_runtime.redis_url import redact_url
 from agent_runtime.task_store import TaskStore
 
 from ..client import submit_task
 from ..errors import RequestError, TaskNotFoundError
-from .protocol import COMMANDS, Peer
+from .protocol import COMMANDS
+from .server import Peer
 
 __all__ = ["ControlHandler", "ControlledNode"]
 

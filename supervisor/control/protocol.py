@@ -9,7 +9,6 @@ an unknown task, ``bad_request`` for anything the client must change.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import RequestError, TaskNotFoundError
@@ -18,7 +17,6 @@ __all__ = [
     "COMMANDS",
     "MAX_LINE",
     "MAX_REPLY",
-    "Peer",
     "decode_request",
     "encode",
     "error_reply",
@@ -29,15 +27,6 @@ MAX_LINE: Final = 64 * 1024
 """The longest request line the daemon reads."""
 MAX_REPLY: Final = 64 * MAX_LINE
 """The longest reply a client reads (a status with many runs is long)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who is on the other end (from ``SO_PEERCRED``)."""
-
-    pid: int
-    uid: int
-    gid: int
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -17,6 +17,7 @@ import socket
 import stat
 import struct
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..errors import RequestError, SocketInUseError, TaskNotFoundError
-from .protocol import MAX_LINE, Peer, decode_request, encode, error_reply
+from .protocol import MAX_LINE, decode_request, encode, error_reply
 
-__all__ = ["Handler", "StatusSocketServer", "bind_unix_socket"]
+__all__ = ["Handler", "Peer", "StatusSocketServer", "bind_unix_socket"]
 
 log = logging.getLogger("adk_supervisor")
 
@@ -39,6 +40,16 @@ _CLIENT_GONE = (
     anyio.ClosedResourceError,
     OSError,
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end (from ``SO_PEERCRED``)."""
+
+    pid: int
+    uid: int
+    gid: int
+
 
 Handler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 

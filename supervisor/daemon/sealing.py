@@ -4,13 +4,17 @@ A SIGKILLed run leaves its ADK session with function calls nobody answered;
 sealing appends what ADK's own cooperative abort would have written (see
 :mod:`agent_runtime.sessions.sealing`). It is best effort and runs after the
 kill and the record, so it never delays either. ADK is imported on the first
-seal, not at daemon start: an idle daemon does not carry ADK's memory.
+seal, not at daemon start, so an idle daemon does not carry ADK's memory; and
+in a worker thread, because its second of imports on the event loop would hold
+up every abort arriving meanwhile.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import anyio
@@ -34,17 +38,23 @@ class Sealer:
         self._store = store
         self._ttl = session_ttl_s
         self._sessions: RedisSessionService | None = None
+        self._sealing: ModuleType | None = None
 
-    def _service(self) -> RedisSessionService:
-        if self._sessions is None:
-            from agent_runtime.sessions.service import RedisSessionService
-
-            self._sessions = RedisSessionService(
+    async def _load(self) -> tuple[RedisSessionService, ModuleType]:
+        if self._sessions is None or self._sealing is None:
+            sealing = await anyio.to_thread.run_sync(
+                importlib.import_module, "agent_runtime.sessions.sealing"
+            )
+            service = await anyio.to_thread.run_sync(
+                importlib.import_module, "agent_runtime.sessions.service"
+            )
+            self._sessions = service.RedisSessionService(
                 redis_client=self._store.client,
                 key_prefix=self._store.key_prefix,
                 session_ttl=self._ttl,
             )
-        return self._sessions
+            self._sealing = sealing
+        return self._sessions, self._sealing
 
     async def seal_killed(self, task_id: str, state: str, reason: str) -> None:
         """Answers a killed run's dangling tool calls, as ADK's abort would; never raises.
@@ -52,12 +62,11 @@ class Sealer:
         Redis trouble is logged and skipped: the next turn still works (ADK drops
         unanswered calls), but the model then does not see the abort.
         """
-        from agent_runtime.sessions.sealing import seal_task_session
-
         try:
+            sessions, sealing = await self._load()
             with anyio.fail_after(_SEAL_TIMEOUT_S):
                 record = await self._store.get(task_id) or {}
-                sealed = await seal_task_session(self._service(), task_id, record, state, reason)
+                sealed = await sealing.seal_task_session(sessions, task_id, record, state, reason)
             log.info("task %s: session sealed with %d events", task_id, len(sealed))
         except Exception as exc:  # sealing is best effort; the record is already right
             log.warning("task %s: session not sealed (%s)", task_id, exc)
@@ -68,10 +77,9 @@ class Sealer:
         Runs in the background once the daemon serves: with thousands of orphans,
         sealing must not hold back the start.
         """
-        from agent_runtime.sessions.sealing import seal_task_session
-
         ids = list(failures)
         try:
+            sessions, sealing = await self._load()
             records = await self._store.get_many(ids)
         except Exception as exc:
             log.warning("reconcile: sessions of orphaned runs not sealed (%s)", exc)
@@ -83,6 +91,6 @@ class Sealer:
                 continue
             try:
                 with anyio.fail_after(_SEAL_TIMEOUT_S):
-                    await seal_task_session(self._service(), task_id, record, "failed", reason)
+                    await sealing.seal_task_session(sessions, task_id, record, "failed", reason)
             except Exception as exc:
                 log.warning("task %s: session not sealed at reconcile (%s)", task_id, exc)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from supervisor.cli import main
-from supervisor.config import ConfigError, Settings, load_settings
+from supervisor.config import Settings, load_settings
+from supervisor.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 
