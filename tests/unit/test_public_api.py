@@ -33,7 +33,7 @@ def test_supervisor_exports_the_client_settings_and_errors_only() -> None:
         "SocketInUseError",
         "SpawnError",
         "StateDirLocked",
-    "StateDirUnusable",
+        "StateDirUnusable",
         "SupervisorClient",
         "SupervisorError",
         "TaskExistsError",
