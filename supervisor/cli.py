@@ -299,15 +299,6 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _daemon_redis(socket: Path) -> tuple[str, str] | None:
-    """The local daemon's Redis URL and key prefix, or None if no daemon answers."""
-    try:
-        reply = request(socket, "ping", timeout_s=10)
-    except DaemonUnavailable:
-        return None
-    return str(reply["redis_url"]), str(reply["key_prefix"])
-
-
 def _no_daemon(socket: Path) -> CliError:
     return CliError(
         f"no daemon answers on {socket}. Start one (`adk-supervisor run`, or `make run` in a "
@@ -333,61 +324,92 @@ def _client_command(args: argparse.Namespace) -> int:
             socket = settings.status_socket
     if args.command in ("status", "ps", "drain"):
         try:
-            reply = request(socket, "status" if args.command == "ps" else args.command)
+            status = request(socket, "status" if args.command == "ps" else args.command)
         except DaemonUnavailable:
             settings = settings or _settings(args)  # a config error explains more
             raise _no_daemon(socket) from None
         if args.json:
-            _print(json.dumps(reply["runs"] if args.command == "ps" else reply, sort_keys=True))
+            _print(json.dumps(status["runs"] if args.command == "ps" else status, sort_keys=True))
         elif args.command == "status":
-            _status_text(reply)
+            _status_text(status)
         elif args.command == "ps":
-            _runs_table(reply["runs"])
+            _runs_table(status["runs"])
         else:
-            _print(f"draining: no new runs; {reply['running']} running runs go on to their end")
+            _print(f"draining: no new runs; {status['running']} running runs go on to their end")
         return EXIT_OK
 
-    # Prefer the local daemon; an explicit --redis-url means "Redis directly".
-    local = None if args.redis_url else _daemon_redis(socket)
-    if local is not None:
-        url, prefix = local
-    else:
-        settings = settings or _settings(args)
-        direct: str | None = args.redis_url or settings.redis_url
-        if not direct:
-            raise _no_daemon(socket)
-        url, prefix = direct, settings.key_prefix
+    # Prefer the local daemon (one request, no Redis client); --redis-url means Redis directly.
+    reply: dict[str, Any] | None = None
+    if args.command in ("submit", "abort") and not args.redis_url:
+        try:
+            reply = _through_daemon(socket, args)
+        except DaemonUnavailable:
+            reply = None
+        if reply is not None and reply.get("warning"):
+            print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
+        if reply is not None and args.command == "abort":
+            _emit({"task_id": args.task_id, "abort_published_to": reply["heard"]}, args.json)
+            return EXIT_OK
+        if reply is not None and not args.wait:
+            if args.json:
+                _emit({"task_id": reply["task_id"]}, True)
+            else:
+                _print(reply["task_id"])  # alone, so `T=$(adk-supervisor submit ...)` works
+            return EXIT_OK
 
+    url, prefix = _redis_target(args, socket, settings)
     if args.command == "submit":
-        if local is not None:
-            reply = request(
-                socket, "submit", app=args.app, message=args.message, user_id=args.user_id,
-                session_id=args.session_id, task_id=args.task_id, timeout_s=args.timeout,
-            )  # fmt: skip
-            task_id = str(reply["task_id"])
-            if reply.get("warning"):
-                print(f"adk-supervisor: {reply['warning']}", file=sys.stderr)
-        else:
-            task_id = _over_redis(url, prefix, "submit", args)
+        task_id = str(reply["task_id"]) if reply else _over_redis(url, prefix, "submit", args)
         if args.wait:
             return _wait(url, prefix, task_id, None, args.json)
         if args.json:
             _emit({"task_id": task_id}, True)
         else:
-            _print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
+            _print(task_id)
         return EXIT_OK
     if args.command == "abort":
-        if local is not None:
-            reply = request(socket, "abort", task_id=args.task_id, reason=args.reason)
-            heard = int(reply["abort_published_to"])
-        else:
-            heard = _over_redis(url, prefix, "abort", args)
+        heard = _over_redis(url, prefix, "abort", args)
         _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
         return EXIT_OK
     if args.command == "get":
         _emit(_over_redis(url, prefix, "get", args), args.json)
         return EXIT_OK
     return _wait(url, prefix, args.task_id, args.timeout, args.json)
+
+
+def _through_daemon(socket: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``submit`` or ``abort`` through the local daemon's socket."""
+    if args.command == "abort":
+        reply = request(socket, "abort", task_id=args.task_id, reason=args.reason)
+        return {"heard": int(reply["abort_published_to"])}
+    return request(
+        socket,
+        "submit",
+        app=args.app,
+        message=args.message,
+        user_id=args.user_id,
+        session_id=args.session_id,
+        task_id=args.task_id,
+        timeout_s=args.timeout,
+    )
+
+
+def _redis_target(
+    args: argparse.Namespace, socket: Path, settings: Settings | None
+) -> tuple[str, str]:
+    """The Redis URL and key prefix to talk to: ``--redis-url``, the local daemon's, or the config's."""
+    if not args.redis_url:
+        try:
+            reply = request(socket, "ping", io_timeout_s=10)
+        except DaemonUnavailable:
+            pass
+        else:
+            return str(reply["redis_url"]), str(reply["key_prefix"])
+    settings = settings or _settings(args)
+    direct: str | None = args.redis_url or settings.redis_url
+    if not direct:
+        raise _no_daemon(socket)
+    return direct, settings.key_prefix
 
 
 def _over_redis(url: str, prefix: str, command: str, args: argparse.Namespace) -> Any:
@@ -400,9 +422,13 @@ def _over_redis(url: str, prefix: str, command: str, args: argparse.Namespace) -
         async with SupervisorClient(url, prefix) as client:
             if command == "submit":
                 return await client.submit(
-                    args.app, args.message, user_id=args.user_id, session_id=args.session_id,
-                    task_id=args.task_id, timeout_s=args.timeout,
-                )  # fmt: skip
+                    args.app,
+                    args.message,
+                    user_id=args.user_id,
+                    session_id=args.session_id,
+                    task_id=args.task_id,
+                    timeout_s=args.timeout,
+                )
             if command == "abort":
                 return await client.abort(args.task_id, args.reason)
             if command == "get":

@@ -18,15 +18,17 @@ from .protocol import MAX_REPLY, encode
 __all__ = ["request"]
 
 
-def request(path: Path, cmd: str, timeout_s: float = 30.0, **fields: Any) -> dict[str, Any]:
+def request(path: Path, cmd: str, *, io_timeout_s: float = 30.0, **fields: Any) -> dict[str, Any]:
     """Sends ``{"cmd": cmd, **fields}`` and returns the reply (without ``ok``).
 
+    ``io_timeout_s`` bounds the wait for the daemon; every other keyword is a
+    field of the request (``timeout_s`` included: the run's own timeout).
     Raises :class:`DaemonUnavailable` when no daemon answers (or it does not
-    answer within ``timeout_s``), :class:`TaskNotFoundError` for an unknown task
+    answer within ``io_timeout_s``), :class:`TaskNotFoundError` for an unknown task
     and :class:`DaemonError` for any other refusal.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout_s)
+        sock.settimeout(io_timeout_s)
         try:
             sock.connect(str(path))
         except OSError as exc:

@@ -118,3 +118,25 @@ def test_status_without_a_daemon_says_what_to_do(tmp_path: Path) -> None:
         shown = _cli(command, *(["x"] if command == "get" else []), env=env)
         assert shown.returncode == 3 and "no daemon answers on" in shown.stderr
         assert "adk-supervisor run" in shown.stderr
+
+
+@pytest.mark.parametrize("path", ["socket", "redis"])
+def test_submit_timeout_reaches_the_run_through_either_path(daemon: Daemon, path: str) -> None:
+    # Through the socket the timeout used to be taken as the client's own I/O
+    # timeout, so the daemon never saw it and the run went on past it.
+    direct = ["--redis-url", daemon.redis_url] if path == "redis" else []
+    done = daemon.cli(
+        *direct,
+        "submit",
+        A + "slow_agent",
+        "go",
+        "--user-id",
+        "u",
+        "--timeout",
+        "1",
+        "--wait",
+        "--json",
+    )
+    record = json.loads(done.stdout)
+    assert record["state"] == "timed_out" and record["timeout_s"] == "1.0", done.stderr
+    assert float(record["duration_s"]) < 20
