@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/spawn_latency.py
 	$(BIN)/python bench/reconcile_bench.py
 	$(BIN)/python bench/plugin_abort_latency.py
+	$(BIN)/python bench/cli_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
