@@ -137,12 +137,16 @@ class AbortFeed:
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
 
     def _deliver(self, task_id: str, payload: bytes | str | None, received: float) -> None:
-        reason, well_formed = parse_abort_payload(payload)
-        if not well_formed:
-            log.warning(
-                "abort for %s carries a non-JSON payload %r: aborting anyway", task_id, payload
-            )
+        # Never raises: one bad message or mark must not stop the feed (a mark would
+        # stop it at every resubscribe, for good).
         try:
+            reason, well_formed = parse_abort_payload(payload)
+            if not well_formed:
+                log.warning(
+                    "abort for %s carries a non-JSON payload %r: aborting anyway",
+                    task_id,
+                    payload[:200] if payload is not None else None,
+                )
             self._on_abort(Abort(task_id, reason, received))
-        except Exception:  # one bad message must not stop the feed
+        except Exception:
             log.exception("abort for %s could not be handled", task_id)

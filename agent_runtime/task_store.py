@@ -88,6 +88,10 @@ _ALLOWED_FROM: Final[dict[TaskState, tuple[TaskState, ...]]] = {
 }
 
 HISTORY_MAXLEN: Final = 10_000
+MAX_ABORT_PAYLOAD: Final = 64 * 1024
+"""Abort payloads longer than this are not parsed (they still abort)."""
+MAX_REASON: Final = 4096
+"""Abort reasons are cut to this many characters before they reach a record."""
 
 # KEYS: task hash. ARGV: new state, allowed from-states (space separated),
 # event JSON, events channel, per-task channel, then field/value pairs.
@@ -324,16 +328,20 @@ def parse_abort_payload(payload: bytes | str | None) -> tuple[str, bool]:
     """The reason an abort message carries, and whether the payload was well-formed JSON.
 
     Any payload aborts: a JSON object may carry ``reason``; anything else is
-    still an abort, with a generic reason.
+    still an abort, with a generic reason. Payloads are untrusted: one over
+    :data:`MAX_ABORT_PAYLOAD` bytes is not parsed, nor is JSON nested too deeply
+    for the parser, and a reason is cut to :data:`MAX_REASON` characters.
     """
     if payload is None:
         return "aborted", True
+    if len(payload) > MAX_ABORT_PAYLOAD:
+        return f"aborted (abort payload of {len(payload)} bytes not read)", False
     text = payload.decode(errors="replace") if isinstance(payload, bytes) else payload
     try:
         data: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "aborted (non-JSON abort payload)", False
     if isinstance(data, dict):
         reason = data.get("reason")
-        return (str(reason) if reason else "aborted"), True
+        return (str(reason)[:MAX_REASON] if reason else "aborted"), True
     return "aborted", True

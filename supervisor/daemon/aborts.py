@@ -46,6 +46,8 @@ class AbortListener:
                     await self._feed.recheck()
                 except REDIS_ERRORS as exc:
                     log.debug("abort mark re-check skipped: %s", exc)
+                except Exception:  # the loop must outlive anything one pass meets
+                    log.exception("abort mark re-check failed; retrying at the next one")
 
     async def recheck(self, task_ids: Iterable[str] | None = None) -> None:
         """Applies the durable marks of ``task_ids`` (default: every run) now; raises Redis errors."""
