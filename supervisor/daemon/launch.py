@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
 from agent_runtime.redis_connection import REDIS_ERRORS
 from agent_runtime.run_spec import RunSpec
 from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, parse_abort_payload
@@ -172,21 +174,26 @@ class Launcher:
             run.on_exit(early_exit)
         else:
             self._reaper.watch(pid, run.on_exit)
+        log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
+        return run
+
+    async def _announce(self, run: ActiveRun) -> None:
+        """Records ``running`` and re-reads the abort mark: beside the watch, never before it,
+        so a Redis that stalls here cannot hold back the run's deadline."""
         await self._recorder.record(
-            task_id,
+            run.task_id,
             TaskState.RUNNING,
             {
-                "pid": pid,
-                "pgid": pid,
+                "pid": run.pid,
+                "pgid": run.pid,
                 "start_ticks": run.start_ticks,
-                "cgroup": str(container.cgroup or ""),
+                "cgroup": str(run.container.cgroup or ""),
             },
         )
-        log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
-        # An abort published between the check above and registering the run found nothing to kill.
+        # An abort published between the first check and registering the run found
+        # nothing to kill.
         with contextlib.suppress(*REDIS_ERRORS):
-            await self._aborts.recheck([task_id])
-        return run
+            await self._aborts.recheck([run.task_id])
 
     async def _claim(self, entry: Entry, request: RunRequest) -> bool:
         """Moves the record to ``starting`` for this node and acknowledges the entry."""
@@ -224,7 +231,11 @@ class Launcher:
     async def _supervise(self, run: ActiveRun) -> None:
         """Watches the run to its end, records how it ended, seals its session if killed."""
         try:
-            gone = await self._runs.watch(run)
+            # The deadline was armed at the spawn; the watch starts at once, and the
+            # terminal record waits for the `running` one (the task group) to keep order.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._announce, run)
+                gone = await self._runs.watch(run)
             error = ""
             if ended_badly(run.exit, run.kill):
                 with contextlib.suppress(*REDIS_ERRORS):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 
-from examples.agents import weather_agent
+from examples.agents import slow_agent, weather_agent
 
 time.sleep(3)
 
 agent = weather_agent
+
+slow = slow_agent

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -395,3 +397,35 @@ async def test_import_paths_can_be_disabled(
     assert "pid" not in refused
     named = await client.wait(await client.submit("weather", "hi", user_id="u"), 60)
     assert named["state"] == "completed"
+
+
+async def test_a_timeout_fires_on_time_while_redis_is_frozen(
+    start_daemon: Callable[..., Daemon], private_redis: RedisServer, key_prefix: str
+) -> None:
+    # The fork server preloads a 3 s import, so the run waits in `starting`; Redis is
+    # frozen then, before the daemon could record `running`. The deadline used to be
+    # armed only after that record: with Redis frozen, never.
+    start_daemon(
+        url=private_redis.url,
+        ADK_SUPERVISOR_APPS=json.dumps({"slow": "tests.integration.slow_import_app:slow"}),
+    )
+    async with SupervisorClient(private_redis.url, key_prefix) as c:
+        task = await c.submit("slow", "go", user_id="u", timeout_s=1)
+        await until_state(c, task, "starting")
+        redis_pid = private_redis.pid
+        assert redis_pid is not None
+        os.kill(redis_pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 60
+            tree: list[int] = []
+            while not tree and time.monotonic() < deadline:
+                tree = _marked(task)
+                await asyncio.sleep(0.01)
+            assert tree, "the run never started"
+            born = time.monotonic()
+            assert _gone(tree, timeout=15), "the timeout waited for Redis"
+            assert time.monotonic() - born < 5
+        finally:
+            os.kill(redis_pid, signal.SIGCONT)
+        record = await until_state(c, task, "timed_out", timeout=30)
+        assert record["reason"] == "timed out after 1s"
