@@ -1,8 +1,9 @@
 """Health: the node's Redis heartbeat, its one-line status, and systemd's watchdog.
 
 The heartbeat key tells peers this node is alive; losing Redis is logged once
-and shown in ``STATUS=``, and the first heartbeat that lands again triggers
-``on_redis_back`` (the node fences its runs then). The watchdog ping proves
+and shown in ``STATUS=``. Every heartbeat that lands is followed by
+``after_beat`` (the node fences its runs then: a node that was cut off, or
+frozen, without noticing it, learns that a peer ended its runs). The watchdog ping proves
 only that the event loop turns: it goes on while Redis is away, because a
 watchdog restart would kill every run of the node and lose the outbox, for an
 outage that kills and timeouts ride out locally.
@@ -42,7 +43,7 @@ class Health:
         notifier: SdNotifier,
         summary: Callable[[], str],
         running: Callable[[], int],
-        on_redis_back: Callable[[], Awaitable[None]],
+        after_beat: Callable[[], Awaitable[None]],
     ) -> None:
         self._client = client
         self._keys = keys
@@ -51,7 +52,7 @@ class Health:
         self.notifier = notifier
         self._summary = summary
         self._running = running
-        self._on_redis_back = on_redis_back
+        self._after_beat = after_beat
         self.redis_healthy = True
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -87,8 +88,8 @@ class Health:
         else:
             if not self.redis_healthy:
                 log.info("Redis back")
-                await self._on_redis_back()
             self.redis_healthy = True
+            await self._after_beat()
         self.notifier.status(self._summary())
 
     async def forget(self) -> None:

@@ -208,7 +208,11 @@ class Supervisor:
             await self.sealer.seal_orphans(takeover.failed)
 
     async def _fence(self) -> None:
-        """After an outage: kill runs whose record a peer ended while this node was away."""
+        """Every heartbeat: kill runs whose record a peer ended while this node was away.
+
+        Away need not be noticed: a node frozen (SIGSTOP, a VM paused) past
+        ``node_dead_after_s`` sees Redis answer as if nothing happened.
+        """
         runs = list(self.runs)
         try:
             records = await self.store.fields_many([r.task_id for r in runs], ("state",))

@@ -168,7 +168,7 @@ class RunTable:
         if run is not None and run.kill is None:
             log.warning(
                 "task %s was ended (%s) by a peer while this node was cut off "
-                "from Redis: killing its processes",
+                "from Redis or frozen: killing its processes",
                 task_id,
                 state,
             )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -151,3 +153,27 @@ async def test_node_cut_off_from_redis_kills_the_runs_a_peer_ended(
         cut.stop()
         peer.stop()
         await admin.execute_command("ACL", "DELUSER", user)
+
+
+async def test_a_frozen_node_kills_the_run_a_peer_ended_once_it_thaws(
+    start_node: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    frozen = start_node()
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    await until_state(client, task, "running")
+    peer = start_node()
+    # Frozen, the node sends no heartbeat; Redis stays fine, so once thawed it notices
+    # no outage at all: it used to keep the run alive for good.
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        failed = await until_state(client, task, "failed", timeout=30)
+        assert f"taken over by {peer.node_id}" in failed["reason"]
+        assert _tree(task), "the frozen node's run should live while the node is frozen"
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10  # a heartbeat is 0.3 s here
+    while _tree(task) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert _tree(task) == [], "the run outlived its record"
+    assert frozen.logged("by a peer while this node was cut off from Redis or frozen")
+    assert (await client.get(task))["state"] == "failed"  # the peer's verdict stands
