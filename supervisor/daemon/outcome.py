@@ -22,9 +22,11 @@ def signal_name(number: int) -> str:
 
 
 def ended_badly(exit_status: ExitStatus | None, kill: KillOrder | None) -> bool:
-    """Whether the run failed on its own (then its ``error`` field tells why)."""
+    """Whether the run may have failed on its own (then its ``error`` field tells why)."""
     status = exit_status.status if exit_status is not None else 0
-    return kill is None and not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0)
+    return not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0) and (
+        kill is None or os.WIFEXITED(status)
+    )
 
 
 def outcome(
@@ -32,8 +34,11 @@ def outcome(
 ) -> tuple[TaskState, dict[str, object]]:
     """The terminal state and record fields of a run.
 
-    A kill the supervisor sent wins whatever the status says (an abort is
-    ``aborted``, not a crash); otherwise exit 0 is ``completed`` and anything else
+    ``exit_code`` or ``signal`` say how the leader actually ended; ``signal_sent``
+    names what the supervisor sent. A kill the supervisor sent wins (an abort is
+    ``aborted``, not a crash) unless the leader had already exited on its own: a
+    leader sent only SIGKILL that still *exited* did so before the kill landed,
+    and that exit stands. Otherwise exit 0 is ``completed`` and anything else
     ``failed``, with ``error`` (what the run wrote to its record) in the reason.
     """
     status = exit_status.status if exit_status is not None else 0
@@ -47,10 +52,12 @@ def outcome(
     elif os.WIFSIGNALED(status):
         fields["signal"] = signal_name(os.WTERMSIG(status))
     if kill is not None:
-        fields["reason"] = kill.reason
-        fields.setdefault("signal", kill.signal.name)
-        return kill.state, fields
-    if not ended_badly(exit_status, kill):
+        fields["signal_sent"] = ",".join(sig.name for sig in kill.signals)
+        exited_first = os.WIFEXITED(status) and signal.SIGTERM not in kill.signals
+        if not exited_first:
+            fields["reason"] = kill.reason
+            return kill.state, fields
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         fields["reason"] = "exited 0"
         return TaskState.COMPLETED, fields
     if os.WIFSIGNALED(status):

@@ -39,14 +39,19 @@ _TREE_GONE_LIMIT_S = 20.0
 _SWEEP_TICK_S = 0.05
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KillOrder:
-    """Why the supervisor killed a run: the state to record, the reason, when it was sent."""
+    """Why the supervisor killed a run, and the signals it actually sent, in order."""
 
     state: TaskState
     reason: str
     sent_at: float
-    signal: signal.Signals = signal.SIGKILL
+    signals: list[signal.Signals] = field(default_factory=list)
+
+    def sent(self, sig: signal.Signals) -> None:
+        """Notes a signal sent to the run's tree (each kind once)."""
+        if sig not in self.signals:
+            self.signals.append(sig)
 
 
 @dataclass(eq=False)
@@ -193,7 +198,7 @@ class RunTable:
             self._containment.kill(run.container, None, run.pid, signal.SIGKILL)
             return
         sig = signal.SIGTERM if self._grace_s > 0 else signal.SIGKILL
-        run.kill = KillOrder(state, reason, time.monotonic())
+        run.kill = KillOrder(state, reason, time.monotonic(), [sig])
         run.exited_or_killed.set()
         self._containment.kill(run.container, run.pidfd, run.pid, sig)
 
@@ -227,6 +232,8 @@ class RunTable:
             # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
             if first or run.kill is not None:
                 self._containment.kill(run.container, run.pidfd, run.pid, signal.SIGKILL)
+                if run.kill is not None and not run.exited.is_set():
+                    run.kill.sent(signal.SIGKILL)  # the grace ran out: the leader gets it too
                 first = False
             # Every process of the tree ends as a child of this subreaper, so each death
             # wakes the reaper: wait on that, not on a polling tick.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections.abc import AsyncGenerator
@@ -23,3 +24,15 @@ class SelfSignallingAgent(BaseAgent):
 
 
 nameless_signal_agent = SelfSignallingAgent(name="nameless_signal")
+
+
+class TermExitAgent(BaseAgent):
+    """Answers SIGTERM by exiting with 143, as many servers do; then waits to be stopped."""
+
+    async def _run_async_impl(self, ctx: InvocationContext) -> AsyncGenerator[Event, None]:
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(143))
+        yield Event(author=self.name, invocation_id=ctx.invocation_id)
+        await asyncio.sleep(120)
+
+
+term_exit_agent = TermExitAgent(name="term_exit")

@@ -429,3 +429,20 @@ async def test_a_timeout_fires_on_time_while_redis_is_frozen(
             os.kill(redis_pid, signal.SIGCONT)
         record = await until_state(c, task, "timed_out", timeout=30)
         assert record["reason"] == "timed out after 1s"
+
+
+async def test_a_run_that_exits_on_our_sigterm_is_recorded_as_it_ended(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, sessions: RedisSessionService
+) -> None:
+    # The record used to say signal=SIGKILL for a run that exited 143 on the SIGTERM.
+    start_daemon(ADK_SUPERVISOR_KILL_GRACE_S="5")
+    task = await client.submit("tests.integration.signal_agents:term_exit_agent", "go", user_id="u")
+    for _ in range(3000):  # its SIGTERM handler is in place once its event is in the session
+        s = await sessions.get_session(app_name="term_exit", user_id="u", session_id=task)
+        if s is not None and any(e.author == "term_exit" for e in s.events):
+            break
+        await asyncio.sleep(0.02)
+    await client.abort(task, "stop")
+    record = await client.wait(task, 30)
+    assert record["state"] == "aborted" and record["exit_code"] == "143"
+    assert "signal" not in record and record["signal_sent"] == "SIGTERM"

@@ -38,13 +38,31 @@ def test_a_signal_nobody_here_sent_is_a_failure_that_says_so() -> None:
 
 
 def test_our_kill_is_recorded_as_its_own_state_not_as_a_crash() -> None:
-    kill = KillOrder(TaskState.ABORTED, "operator said so", 0.0)
+    kill = KillOrder(TaskState.ABORTED, "operator said so", 0.0, [signal.SIGKILL])
     state, fields = outcome(_signalled(signal.SIGKILL), kill)
     assert state is TaskState.ABORTED and fields["reason"] == "operator said so"
-    assert fields["signal"] == "SIGKILL"
-    # A run that exited on its own just as the kill went out keeps the kill's story.
-    state, fields = outcome(_exited(0), KillOrder(TaskState.TIMED_OUT, "timed out", 0.0))
-    assert state is TaskState.TIMED_OUT and fields["signal"] == "SIGKILL"
+    assert fields["signal"] == "SIGKILL" and fields["signal_sent"] == "SIGKILL"
+
+
+def test_an_exit_that_beat_our_sigkill_stands() -> None:
+    # SIGKILL cannot be handled: a leader that still *exited* had done so before it landed.
+    kill = KillOrder(TaskState.TIMED_OUT, "timed out after 1s", 0.0, [signal.SIGKILL])
+    state, fields = outcome(_exited(0), kill)
+    assert state is TaskState.COMPLETED and fields["reason"] == "exited 0"
+    assert "signal" not in fields and fields["signal_sent"] == "SIGKILL"
+    state, fields = outcome(_exited(3), kill, "ValueError: x")
+    assert state is TaskState.FAILED and fields["reason"] == "exit code 3: ValueError: x"
+
+
+def test_the_signals_sent_and_the_way_the_run_ended_are_both_recorded() -> None:
+    # With a grace period the run may handle SIGTERM and exit: that is our abort.
+    graceful = KillOrder(TaskState.ABORTED, "stop", 0.0, [signal.SIGTERM])
+    state, fields = outcome(_exited(143), graceful)
+    assert state is TaskState.ABORTED and fields["exit_code"] == 143
+    assert "signal" not in fields and fields["signal_sent"] == "SIGTERM"
+    escalated = KillOrder(TaskState.ABORTED, "stop", 0.0, [signal.SIGTERM, signal.SIGKILL])
+    _, fields = outcome(_signalled(signal.SIGKILL), escalated)
+    assert fields["signal"] == "SIGKILL" and fields["signal_sent"] == "SIGTERM,SIGKILL"
 
 
 def test_resource_usage_is_recorded() -> None:
