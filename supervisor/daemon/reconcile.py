@@ -1,10 +1,13 @@
 """Startup reconcile: no record of this node stays ``starting``/``running`` after its process died.
 
-A record's process is ours only if boot id, PID and start time all match; a
-PID that now belongs to someone else is never signalled. A live process that
-is proven ours is killed with its whole tree (cgroup leaf, else its group
-through a pidfd and every process carrying the run's marker) before the
-record is failed as orphaned.
+Everything a record holds (PID, start ticks, boot id) is public in /proc and
+can be planted by anyone who writes to Redis, so it only says where to look: a
+process is signalled only once, held by a pidfd, it is proven a run of this
+supervisor by what Redis cannot forge, the run's marker in its exec-time
+environment, besides a matching start time. Its group is signalled only if it
+leads that group (as every run leader does). A live process proven ours is
+killed with its whole tree (cgroup leaf, else its group and every process
+carrying the run's marker) before the record is failed as orphaned.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -62,8 +66,17 @@ def _carries(marker: bytes, pid: int) -> bool:
     return carries_marker(pid, marker)
 
 
-def _started_at(ticks: int, pid: int) -> bool:
-    return process_start_ticks(pid) == ticks
+def _our_run_leader(task_id: str, ticks: int, pid: int) -> bool:
+    """Whether ``pid`` is the leader of this run: start time, marker, own process group."""
+    try:
+        leads_group = os.getpgid(pid) == pid
+    except OSError:
+        return False
+    return (
+        leads_group
+        and process_start_ticks(pid) == ticks
+        and carries_marker(pid, run_marker(task_id))
+    )
 
 
 def _int(value: str | None) -> int:
@@ -102,12 +115,14 @@ async def reconcile_node(
                 "" if now_ticks is None else " (its PID now names another process)"
             )
         elif signal_proven(
-            pid, functools.partial(_started_at, ticks), signal.SIGKILL, with_group=True
+            pid, functools.partial(_our_run_leader, task_id, ticks), signal.SIGKILL, with_group=True
         ):
             killed.add(task_id)
             reason = "orphaned: killed at supervisor restart"
-        else:
+        elif process_start_ticks(pid) is None:
             reason = f"orphaned: process {pid} is gone"
+        else:
+            reason = f"orphaned: process {pid} is not a run of this supervisor (left untouched)"
         failures[task_id] = {"reason": reason}
     # Whatever escaped its group (setsid, double fork) carries the run's marker.
     if failures:

@@ -286,6 +286,36 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
         stranger.wait()
 
 
+async def test_planted_record_with_the_true_start_time_cannot_get_a_process_killed(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # PID, start ticks and boot id are public in /proc: a record can name any process
+    # exactly. Reconcile used to SIGKILL it and its whole process group.
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        node = "forged-node"
+        await client.store.create(
+            "forged",
+            TaskState.RUNNING,
+            {
+                "node_id": node,
+                "boot_id": boot_id(),
+                "pid": stranger.pid,
+                "start_ticks": process_start_ticks(stranger.pid),
+            },
+        )
+        await client.client.sadd(client.store.keys.node_tasks(node), "forged")
+        start_daemon(node_id=node)
+        record = await until_state(client, "forged", "failed")
+        assert record["reason"] == (
+            f"orphaned: process {stranger.pid} is not a run of this supervisor (left untouched)"
+        )
+        assert stranger.poll() is None, "an unrelated process was signalled"
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
 async def test_terminal_state_written_after_redis_comes_back(
     start_daemon: Callable[..., Daemon], private_redis: RedisServer, key_prefix: str
 ) -> None:
