@@ -19,6 +19,7 @@ __all__ = [
     "RedisUnavailableError",
     "as_text",
     "connect",
+    "describe_reply",
     "redact_url",
     "translate_redis_errors",
 ]
@@ -45,6 +46,17 @@ def as_text(value: bytes | str) -> str:
     Bytes that are not UTF-8 (anyone can write anything to Redis) become U+FFFD.
     """
     return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def describe_reply(key: str, error: Exception) -> str:
+    """An error reply about ``key``, said so an operator knows what to do."""
+    text = str(error)
+    if text.startswith("WRONGTYPE"):
+        return (
+            f"{key} holds the wrong kind of value for adk-supervisor (Redis: {text}); "
+            "something else wrote to it: check its content, then DEL it"
+        )
+    return f"Redis refused a command on {key}: {text}"
 
 
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:

@@ -284,23 +284,30 @@ class TaskStore:
         return {as_text(k): as_text(v) for k, v in raw.items()} if raw else None
 
     async def get_many(self, task_ids: Iterable[str]) -> list[dict[str, str] | None]:
-        """Records of many tasks in one pipelined round trip."""
+        """Records of many tasks in one pipelined round trip (None for a key that is no record)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hgetall(self.keys.task(task_id))
-            replies = await pipe.execute()
-        return [{as_text(k): as_text(v) for k, v in r.items()} if r else None for r in replies]
+            replies = await pipe.execute(raise_on_error=False)
+        return [
+            {as_text(k): as_text(v) for k, v in r.items()} if isinstance(r, dict) and r else None
+            for r in replies
+        ]
 
     async def fields_many(
         self, task_ids: Sequence[str], fields: Sequence[str]
     ) -> list[dict[str, str]]:
-        """Only ``fields`` of many tasks, in one pipelined round trip (absent fields omitted)."""
+        """Only ``fields`` of many tasks, in one pipelined round trip (absent fields omitted;
+        a key that is no hash reads as an empty record)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in task_ids:
                 pipe.hmget(self.keys.task(task_id), fields)
-            replies = await pipe.execute()
+            # A key of the wrong type (anyone can write one) reads as an empty record.
+            replies = await pipe.execute(raise_on_error=False)
         return [
             {f: as_text(v) for f, v in zip(fields, values, strict=True) if v is not None}
+            if isinstance(values, list)
+            else {}
             for values in replies
         ]
 

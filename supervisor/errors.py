@@ -14,6 +14,7 @@ __all__ = [
     "ContainmentError",
     "DaemonError",
     "DaemonUnavailable",
+    "NodeIdInUse",
     "RedisServerError",
     "RequestError",
     "SocketInUseError",
@@ -72,6 +73,10 @@ class StateDirLocked(SupervisorError, RuntimeError):
 
 class StateDirUnusable(SupervisorError, OSError):
     """``state_dir`` cannot be created or written; the message says what to set."""
+
+
+class NodeIdInUse(SupervisorError):
+    """Another live daemon heartbeats under this node id (another host or state_dir)."""
 
 
 class RedisServerError(SupervisorError, RuntimeError):

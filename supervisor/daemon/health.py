@@ -20,10 +20,12 @@ from collections.abc import Awaitable, Callable
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
 
 from agent_runtime.keys import KeySchema
-from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply
 
+from ..errors import NodeIdInUse
 from ..ops.sd_notify import SdNotifier, watchdog_interval
 
 __all__ = ["Health"]
@@ -39,6 +41,7 @@ class Health:
         client: aioredis.Redis,
         keys: KeySchema,
         node_id: str,
+        owner: str,
         interval_s: float,
         notifier: SdNotifier,
         summary: Callable[[], str],
@@ -48,6 +51,8 @@ class Health:
         self._client = client
         self._keys = keys
         self._node_id = node_id
+        self._owner = owner
+        self._registry_broken = False
         self._interval = interval_s
         self.notifier = notifier
         self._summary = summary
@@ -67,9 +72,31 @@ class Health:
                 await anyio.sleep(self._interval)
                 await self.beat()
 
+    async def check_node_free(self) -> None:
+        """Raises :class:`NodeIdInUse` if another live daemon heartbeats under this node id.
+
+        Its heartbeat names its owner (host and state_dir); this daemon's own
+        earlier life (a restart after a crash) has the same owner and does not count.
+        """
+        raw = await self._client.get(self._keys.node_heartbeat(self._node_id))
+        if raw is None:
+            return
+        try:
+            owner = json.loads(raw).get("owner")
+        except (ValueError, RecursionError, AttributeError):
+            return  # not a daemon's heartbeat: nobody to collide with
+        if isinstance(owner, str) and owner != self._owner:
+            raise NodeIdInUse(
+                f"node_id {self._node_id} is in use by another live daemon ({owner}); give "
+                "this one its own node_id, or stop the other (or wait for its heartbeat to "
+                f"expire: {3 * self._interval:g}s after it stopped)"
+            )
+
     async def beat(self) -> None:
         """Writes the heartbeat once and updates the health flag and ``STATUS=``."""
-        beat = json.dumps({"pid": os.getpid(), "at": time.time(), "runs": self._running()})
+        beat = json.dumps(
+            {"pid": os.getpid(), "owner": self._owner, "at": time.time(), "runs": self._running()}
+        )
         try:
             with anyio.fail_after(max(self._interval, 1.0)):
                 async with self._client.pipeline(transaction=False) as pipe:
@@ -80,7 +107,9 @@ class Health:
                     )
                     # Back in the registry, should a peer have taken this node over.
                     pipe.sadd(self._keys.nodes, self._node_id)
-                    await pipe.execute()
+                    _, registered = await pipe.execute(raise_on_error=False)
+            if isinstance(registered, ResponseError):
+                self._registry_broken_once(registered)
         except REDIS_ERRORS as exc:
             if self.redis_healthy:
                 log.warning("Redis lost (%s): kills go on locally, records wait", exc)
@@ -91,6 +120,14 @@ class Health:
             self.redis_healthy = True
             await self._after_beat()
         self.notifier.status(self._summary())
+
+    def _registry_broken_once(self, error: ResponseError) -> None:
+        if not self._registry_broken:
+            self._registry_broken = True
+            log.error(
+                "%s; until then peers cannot see this node",
+                describe_reply(self._keys.nodes, error),
+            )
 
     async def forget(self) -> None:
         """Deletes the heartbeat at a clean stop (peers need not wait for it to expire)."""

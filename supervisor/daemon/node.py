@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
 
 from agent_runtime.process_control import set_child_subreaper
-from agent_runtime.redis_connection import REDIS_ERRORS, connect, redact_url
+from agent_runtime.redis_connection import REDIS_ERRORS, connect, describe_reply, redact_url
 from agent_runtime.task_store import TaskState, TaskStore
 
 from ..config import Settings
@@ -108,6 +110,7 @@ class Supervisor:
             self.client,
             keys,
             self.node_id,
+            f"{socket.gethostname()}:{settings.state_dir}",
             settings.heartbeat_interval_s,
             SdNotifier.from_env(),
             self.summary,
@@ -164,31 +167,49 @@ class Supervisor:
         return self._stopping.is_set()
 
     async def _join(self) -> ReconcileReport:
-        """Reconcile, consumer group, node registry: retried while Redis is away.
+        """Node id check, reconcile, consumer group, node registry: retried while Redis is away.
 
         Exiting would only make systemd restart the daemon into the same outage.
+        An error reply (a key of the wrong type) is no outage: it is named, and
+        startup goes on where that is safe.
         """
+        keys = self.store.keys
         backoff = 0.5
         while True:
             try:
-                report = await reconcile_node(
-                    self.store,
-                    self.store.keys.node_tasks(self.node_id),
-                    self._identity.boot_id,
-                    self.containment,
-                )
+                await self.health.check_node_free()
+                report = await self._reconcile()
                 await self.intake.ensure_group()
-                await self.peers.register()
+                try:
+                    await self.peers.register()
+                except ResponseError as exc:  # peers will not see this node; it still works
+                    log.error("%s; peers cannot see this node", describe_reply(keys.nodes, exc))
+            except ResponseError as exc:
+                log.error(
+                    "cannot take runs: %s; retrying in %.1fs",
+                    describe_reply(keys.runs, exc),
+                    backoff,
+                )
             except REDIS_ERRORS as exc:
                 log.warning("Redis unreachable at start (%s); retrying in %.1fs", exc, backoff)
-                await anyio.sleep(backoff)
-                backoff = min(backoff * 2, _START_BACKOFF_MAX_S)
-                continue
-            if report.failed:
-                log.warning(
-                    "reconcile: %d orphaned runs failed (%d killed)", report.failed, report.killed
-                )
-            return report
+            else:
+                if report.failed:
+                    log.warning(
+                        "reconcile: %d orphaned runs failed (%d killed)",
+                        report.failed,
+                        report.killed,
+                    )
+                return report
+            await anyio.sleep(backoff)
+            backoff = min(backoff * 2, _START_BACKOFF_MAX_S)
+
+    async def _reconcile(self) -> ReconcileReport:
+        key = self.store.keys.node_tasks(self.node_id)
+        try:
+            return await reconcile_node(self.store, key, self._identity.boot_id, self.containment)
+        except ResponseError as exc:
+            log.error("reconcile skipped: %s", describe_reply(key, exc))
+            return ReconcileReport(0, 0, 0, 0.0)
 
     def _status_socket(self) -> StatusSocketServer:
         settings = self.settings

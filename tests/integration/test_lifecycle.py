@@ -165,3 +165,26 @@ async def test_socket_mode_group_and_json_logs(start_daemon: Callable[..., Daemo
     entries = [json.loads(line) for line in daemon.log().splitlines()]
     assert any(e["msg"].startswith("ready: reconcile done") for e in entries)
     assert all({"ts", "level", "logger", "msg"} <= set(e) for e in entries)
+
+
+async def test_a_second_daemon_with_the_same_node_id_refuses_to_start(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    first = start_daemon()
+    task = await client.submit(A + "slow_agent", "go", user_id="u")
+    running = await until_state(client, task, "running")
+    second = Daemon(
+        first.redis_url,
+        first.key_prefix,
+        first.state_dir.parent / "other",
+        "auto",
+        node_id=first.node_id,
+    )
+    assert first.redis_url is not None
+    refused = second.cli("--redis-url", first.redis_url, "run", timeout=60)
+    assert refused.returncode == 1
+    assert f"node_id {first.node_id} is in use by another live daemon" in refused.stderr
+    # It touched nothing of the first one's: the run lives on.
+    record = await client.get(task)
+    assert record["state"] == "running" and record["pid"] == running["pid"]
+    assert first.proc is not None and first.proc.poll() is None

@@ -59,3 +59,14 @@ async def test_the_plugin_feed_survives_a_deeply_nested_mark(
         assert healthy == ["operator"]
     finally:
         await hub.release()
+
+
+async def test_a_node_registry_of_the_wrong_type_does_not_stop_the_daemon(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # WRONGTYPE is an error reply, not an outage: startup used to retry it for ever.
+    await client.client.set(client.store.keys.nodes, "not a set")
+    daemon = start_daemon()
+    done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert done["state"] == "completed"
+    assert daemon.logged(f"{client.store.keys.nodes} holds the wrong kind of value")

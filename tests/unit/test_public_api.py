@@ -27,6 +27,7 @@ def test_supervisor_exports_the_client_settings_and_errors_only() -> None:
         "ContainmentError",
         "DaemonError",
         "DaemonUnavailable",
+        "NodeIdInUse",
         "RedisServerError",
         "RequestError",
         "Settings",
