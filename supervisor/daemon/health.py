@@ -27,6 +27,7 @@ from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply
 
 from ..errors import NodeIdInUse
 from ..ops.sd_notify import SdNotifier, watchdog_interval
+from ..process.identity import process_start_ticks
 
 __all__ = ["Health"]
 
@@ -41,7 +42,7 @@ class Health:
         client: aioredis.Redis,
         keys: KeySchema,
         node_id: str,
-        owner: str,
+        owner: dict[str, object],
         interval_s: float,
         notifier: SdNotifier,
         summary: Callable[[], str],
@@ -75,8 +76,10 @@ class Health:
     async def check_node_free(self) -> None:
         """Raises :class:`NodeIdInUse` if another live daemon heartbeats under this node id.
 
-        Its heartbeat names its owner (host and state_dir); this daemon's own
-        earlier life (a restart after a crash) has the same owner and does not count.
+        A heartbeat names its owner. On this host and boot, the owner is live only
+        if its process is (a crashed earlier life of this daemon does not count);
+        another host's heartbeat counts until it expires, as nothing here can tell
+        whether that daemon still runs.
         """
         raw = await self._client.get(self._keys.node_heartbeat(self._node_id))
         if raw is None:
@@ -85,11 +88,12 @@ class Health:
             owner = json.loads(raw).get("owner")
         except (ValueError, RecursionError, AttributeError):
             return  # not a daemon's heartbeat: nobody to collide with
-        if isinstance(owner, str) and owner != self._owner:
+        if isinstance(owner, dict) and _live_elsewhere(owner, self._owner):
             raise NodeIdInUse(
-                f"node_id {self._node_id} is in use by another live daemon ({owner}); give "
-                "this one its own node_id, or stop the other (or wait for its heartbeat to "
-                f"expire: {3 * self._interval:g}s after it stopped)"
+                f"node_id {self._node_id} is in use by another live daemon (pid "
+                f"{owner.get('pid')} on {owner.get('host')}, state_dir {owner.get('state_dir')}); "
+                "give this one its own node_id, or stop the other (or wait for its heartbeat "
+                f"to expire: {3 * self._interval:g}s after it stopped)"
             )
 
     async def beat(self) -> None:
@@ -142,3 +146,15 @@ class Health:
         while True:
             self.notifier.watchdog()
             await anyio.sleep(interval)
+
+
+def _live_elsewhere(theirs: dict[str, object], ours: dict[str, object]) -> bool:
+    """Whether a heartbeat's owner may be another daemon that still runs."""
+    if theirs.get("host") != ours.get("host"):
+        return True
+    if theirs.get("boot_id") != ours.get("boot_id"):
+        return False  # this host rebooted since: that daemon is gone
+    pid = theirs.get("pid")
+    if not isinstance(pid, int) or pid == ours.get("pid"):
+        return False
+    return process_start_ticks(pid) == theirs.get("start_ticks")

@@ -30,7 +30,7 @@ from ..control.handler import ControlHandler
 from ..control.server import StatusSocketServer
 from ..ops.sd_notify import SdNotifier
 from ..process.containment import choose_containment
-from ..process.identity import boot_id
+from ..process.identity import boot_id, process_start_ticks
 from ..process.spawners import ExecSpawner, ForkServerSpawner, Spawner
 from .aborts import AbortListener
 from .admission import resolve_app
@@ -110,7 +110,13 @@ class Supervisor:
             self.client,
             keys,
             self.node_id,
-            f"{socket.gethostname()}:{settings.state_dir}",
+            {
+                "host": socket.gethostname(),
+                "boot_id": self._identity.boot_id,
+                "pid": self.pid,
+                "start_ticks": process_start_ticks(self.pid),
+                "state_dir": str(settings.state_dir),
+            },
             settings.heartbeat_interval_s,
             SdNotifier.from_env(),
             self.summary,
