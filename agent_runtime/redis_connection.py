@@ -15,7 +15,10 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .redis_url import SCHEMES, redact_url
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_POOL_TIMEOUT_S",
     "REDIS_ERRORS",
+    "PoolExhaustedError",
     "RedisUnavailableError",
     "as_text",
     "connect",
@@ -32,12 +35,20 @@ __all__ = [
 REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, ConnectionError, TimeoutError, OSError)
 
 
+# redis-py's message when a blocking pool had no free connection in time.
+_POOL_EXHAUSTED = "No connection available."
+
+
 class RedisUnavailableError(ConnectionError):
     """Redis could not be reached; the operation may not have been applied.
 
     Every write of the session service is safe to retry: a retried append of
     the same event is recognised and not stored twice.
     """
+
+
+class PoolExhaustedError(RedisUnavailableError):
+    """Every connection of the client's pool stayed busy too long; Redis itself answers."""
 
 
 def as_text(value: bytes | str) -> str:
@@ -59,12 +70,27 @@ def describe_reply(key: str, error: Exception) -> str:
     return f"Redis refused a command on {key}: {text}"
 
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
+DEFAULT_MAX_CONNECTIONS = 128
+"""Connections one client opens at most; callers beyond wait for a free one."""
+DEFAULT_POOL_TIMEOUT_S = 30.0
+"""How long a caller waits for a free connection before :class:`PoolExhaustedError`."""
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+    **kwargs: Any,
+) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
 
     Credentials (``redis://user:password@host``) and the database number
     (``/0`` or ``?db=0``) come from the URL, as redis-py parses them. Replies
     are bytes (``decode_responses=False``) unless ``kwargs`` say otherwise.
+    The client holds at most ``max_connections``; a caller that finds them all
+    busy waits for one, up to ``pool_timeout_s`` (redis-py's default pool fails
+    at once instead, which callers could only take for an outage).
     """
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
@@ -73,7 +99,10 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
             "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
         )
     kwargs.setdefault("decode_responses", False)
-    return aioredis.Redis.from_url(url, **kwargs)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout_s, **kwargs
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @asynccontextmanager
@@ -85,6 +114,12 @@ async def translate_redis_errors(where: str) -> AsyncIterator[None]:
         # A subclass of ConnectionError in redis-py, but retrying will not help.
         raise
     except (RedisConnectionError, RedisTimeoutError) as exc:
+        if str(exc) == _POOL_EXHAUSTED:
+            raise PoolExhaustedError(
+                f"every connection to Redis at {where} stayed busy for the pool's whole "
+                "timeout: raise max_connections or pool_timeout_s, or send fewer calls at "
+                "once; Redis itself answers"
+            ) from exc
         raise RedisUnavailableError(
             f"Redis at {where} is unreachable ({exc}); the call may not have been "
             "applied and is safe to retry once Redis is back"

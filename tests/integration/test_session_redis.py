@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import shutil
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from google.genai import types
 from redis.crc import key_slot
 
 from agent_runtime import RedisSessionService, RedisUnavailableError
+from agent_runtime.redis_connection import PoolExhaustedError, connect
 from examples.scripted_llm import ScriptedLlm
 from supervisor.ops.redis_server import RedisServer
 
@@ -319,3 +321,25 @@ async def test_append_is_one_round_trip_whose_work_does_not_grow(
     assert early.pop("cmdstat_pexpire") <= 7 * 20 and late.pop("cmdstat_pexpire") <= 7 * 20
     assert early == late
     assert not {"cmdstat_hgetall", "cmdstat_hvals", "cmdstat_get", "cmdstat_lrange"} & set(early)
+
+
+async def test_more_concurrent_calls_than_connections_wait_for_one(redis_url: str) -> None:
+    # redis-py's own pool refused the calls beyond its cap at once, and they surfaced
+    # as "Redis is unreachable" while Redis was fine.
+    prefix = f"pool-{uuid.uuid4().hex[:8]}:"
+    async with RedisSessionService(redis_url, prefix) as service:
+        sessions = await asyncio.gather(
+            *(service.create_session(app_name="a", user_id="u") for _ in range(400))
+        )
+    assert len({s.id for s in sessions}) == 400
+
+
+async def test_an_exhausted_pool_is_reported_as_such_not_as_an_outage(redis_url: str) -> None:
+    client = connect(redis_url, max_connections=1, pool_timeout_s=0.2)
+    async with RedisSessionService(redis_client=client, key_prefix="pool:") as service:
+        busy = asyncio.create_task(client.blpop(["pool:never"], timeout=3))
+        await asyncio.sleep(0.1)  # the one connection now waits in BLPOP
+        with pytest.raises(PoolExhaustedError, match="stayed busy"):
+            await service.get_session(app_name="a", user_id="u", session_id="s")
+        await busy
+    await client.aclose()
