@@ -88,17 +88,17 @@ def execute(spec: RunSpec) -> int:
 
 
 def main() -> int:
-    """Runs the spec in ``$ADK_SUPERVISOR_RUN``; returns the process exit code."""
-    raw = os.environ.get(RUN_ENV)
-    if not raw:
+    """Runs the spec whose file ``$ADK_SUPERVISOR_RUN`` names; returns the process exit code."""
+    path = os.environ.get(RUN_ENV)
+    if not path:
         print(
             f"{RUN_ENV} is not set: this entry point is started by adk-supervisor", file=sys.stderr
         )
         return EXIT_BAD_SPEC
     try:
-        spec = RunSpec.from_json(raw)
-    except (ValueError, TypeError) as exc:
-        print(f"malformed {RUN_ENV}: {exc}", file=sys.stderr)
+        spec = RunSpec.take(path)
+    except (OSError, ValueError, TypeError) as exc:
+        print(f"cannot read the run spec {path}: {exc}", file=sys.stderr)
         return EXIT_BAD_SPEC
     return execute(spec)
 

@@ -6,7 +6,8 @@ and the apps named in ``$ADK_SUPERVISOR_PRELOAD`` (a JSON list of
 ``package.module:attribute`` references), freezes the garbage collector so
 those objects stay shared with every child, then serves one request at a time::
 
-    request  {"spec": "<RunSpec JSON>", "cgroup": "/sys/fs/cgroup/.../run-x" | null, "log": "/path"}
+    request  {"task_id": "...", "spec_path": "/path/of/the/RunSpec.json",
+              "cgroup": "/sys/fs/cgroup/.../run-x" | null, "log": "/path"}
     reply    {"pid": 1234}  or  {"error": "..."}
 
 A run is forked through a short-lived intermediate that joins the run's cgroup
@@ -47,7 +48,7 @@ from google.genai import types
 from .app_loader import load_app
 from .child import execute
 from .process_control import join_cgroup, set_parent_death_signal
-from .run_spec import PRELOAD_ENV, RUN_ENV, SERVER_FD, TASK_ENV, RunSpec
+from .run_spec import PRELOAD_ENV, SERVER_FD, TASK_ENV, RunSpec
 from .sessions import service  # noqa: F401  (preloaded for every run)
 
 __all__ = ["main"]
@@ -106,7 +107,6 @@ def _become_run(
     os.close(devnull)
     _stamp_marker(spec.task_id)
     os.environ[TASK_ENV] = spec.task_id
-    os.environ[RUN_ENV] = spec.to_json()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = execute(spec)
     sys.stdout.flush()
@@ -116,7 +116,7 @@ def _become_run(
 
 def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tuple[int, int]:
     """Forks the run; returns its PID and the fd to write "go" to once the daemon knows it."""
-    spec = RunSpec.from_json(request["spec"])
+    spec = RunSpec.take(request["spec_path"])
     cgroup: str | None = request.get("cgroup")
     log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     go_read, go_write = os.pipe()

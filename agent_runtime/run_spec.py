@@ -7,13 +7,23 @@ free of ADK imports: the daemon never loads ADK to start a run.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
-__all__ = ["MARKER_ROOM", "PRELOAD_ENV", "RUN_ENV", "SERVER_FD", "TASK_ENV", "RunSpec"]
+__all__ = [
+    "MARKER_ROOM",
+    "PRELOAD_ENV",
+    "RUN_ENV",
+    "SERVER_FD",
+    "TASK_ENV",
+    "RunSpec",
+    "spec_path",
+]
 
 RUN_ENV: Final = "ADK_SUPERVISOR_RUN"
-"""The exec spawner's child reads its :class:`RunSpec` (JSON) from this variable."""
+"""The exec spawner's child finds the path of its :class:`RunSpec` file in this variable."""
 TASK_ENV: Final = "ADK_SUPERVISOR_TASK_ID"
 """Every process of a run carries ``TASK_ENV=<task_id>`` in its exec-time environment:
 the pgroup sweep and reconcile find escaped processes by it."""
@@ -50,3 +60,27 @@ class RunSpec:
         data: dict[str, Any] = json.loads(raw)
         fields: dict[str, Any] = {f: data.get(f) for f in cls.__dataclass_fields__}
         return cls(**fields)
+
+    def write(self, spec_dir: Path) -> Path:
+        """Writes the spec to a file only this user can read; returns its path.
+
+        A file, not an environment variable or a datagram: a run's input (a long
+        prompt, an image) may be far larger than either carries.
+        """
+        path = spec_path(spec_dir, self.task_id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(self.to_json())
+        return path
+
+    @classmethod
+    def take(cls, path: str | Path) -> RunSpec:
+        """Reads the spec file :meth:`write` wrote, and removes it (it holds the prompt)."""
+        raw = Path(path).read_text(encoding="utf-8")
+        Path(path).unlink(missing_ok=True)
+        return cls.from_json(raw)
+
+
+def spec_path(spec_dir: Path, task_id: str) -> Path:
+    """Where the spec file of a run lives until the run has read it."""
+    return spec_dir / f"{task_id}.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 import anyio
 
 from agent_runtime.redis_connection import REDIS_ERRORS
-from agent_runtime.run_spec import RunSpec
+from agent_runtime.run_spec import RunSpec, spec_path
 from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, parse_abort_payload
 
 from ..config import Settings
@@ -67,6 +67,7 @@ class Launcher:
         aborts: AbortListener,
         sealer: Sealer,
         log_dir: Path,
+        spec_dir: Path,
     ) -> None:
         self._settings = settings
         self._node = node
@@ -80,6 +81,7 @@ class Launcher:
         self._aborts = aborts
         self._sealer = sealer
         self._log_dir = log_dir
+        self._spec_dir = spec_dir
         self.finished: Counter[str] = Counter()
         """Terminal states of the runs this node ran since it started."""
 
@@ -113,11 +115,15 @@ class Launcher:
             await entry.ack()
             return
         try:
-            run = await self._start(entry, request)
+            try:
+                run = await self._start(entry, request)
+            finally:
+                self._runs.end_start(request.task_id)
+            if run is not None:
+                await self._supervise(run)
         finally:
-            self._runs.end_start(request.task_id)
-        if run is not None:
-            await self._supervise(run)
+            # Left behind only if the run never read it (it holds the prompt).
+            spec_path(self._spec_dir, request.task_id).unlink(missing_ok=True)
 
     async def _start(self, entry: Entry, request: RunRequest) -> ActiveRun | None:
         """Records ``starting``, spawns and registers the run; None if it must not run."""

@@ -72,10 +72,13 @@ class Supervisor:
         self.log_dir = settings.state_dir / "logs"
         self.client: aioredis.Redis = connect(self.redis_url)
         self.store = TaskStore(self.client, settings.key_prefix)
+        self.spec_dir = settings.state_dir / "specs"
         self.spawner = spawner or (
-            ForkServerSpawner(list(settings.apps.values()), self.log_dir / "fork-server.log")
+            ForkServerSpawner(
+                list(settings.apps.values()), self.log_dir / "fork-server.log", self.spec_dir
+            )
             if settings.spawn_mode == "fork-server"
-            else ExecSpawner()
+            else ExecSpawner(self.spec_dir)
         )
         self.containment = choose_containment(settings.kill_mechanism, self.node_id)
         self._identity = NodeIdentity(self.node_id, boot_id(), self.redis_url)
@@ -101,6 +104,7 @@ class Supervisor:
             aborts=self.aborts,
             sealer=self.sealer,
             log_dir=self.log_dir,
+            spec_dir=self.spec_dir,
         )
         self.intake = Intake(
             self.client, keys, self.node_id, settings.max_concurrent_runs, self.launcher.launch
@@ -130,6 +134,7 @@ class Supervisor:
         """Reconciles orphans, then serves until :meth:`stop`; kills remaining runs on the way out."""
         set_child_subreaper()
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.spec_dir.mkdir(mode=0o700, exist_ok=True)
         self.spawner.start()
         log.info(
             "adk-supervisor node=%s redis=%s kill_mechanism=%s spawner=%s max_concurrent_runs=%d",

@@ -35,7 +35,15 @@ from typing import Protocol
 import anyio
 
 from agent_runtime.process_control import set_parent_death_signal
-from agent_runtime.run_spec import MARKER_ROOM, PRELOAD_ENV, RUN_ENV, SERVER_FD, TASK_ENV, RunSpec
+from agent_runtime.run_spec import (
+    MARKER_ROOM,
+    PRELOAD_ENV,
+    RUN_ENV,
+    SERVER_FD,
+    TASK_ENV,
+    RunSpec,
+    spec_path,
+)
 
 from ..errors import SpawnError
 from .containment import RunContainer
@@ -54,7 +62,11 @@ class Spawner(Protocol):
         """Prepares spawning at daemon start (the fork server starts preloading)."""
 
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
-        """Starts the run inside ``container``; returns its PID (not yet reaped by anyone)."""
+        """Starts the run inside ``container``; returns its PID (not yet reaped by anyone).
+
+        The spec goes to the run as a file in the spawner's ``spec_dir``, which
+        the run removes once it read it.
+        """
 
     def close(self) -> None:
         """Releases what the spawner holds (the fork server); runs are not touched."""
@@ -107,13 +119,18 @@ class ExecSpawner:
     name = "exec"
 
     def __init__(
-        self, python: str = sys.executable, extra_env: dict[str, str] | None = None
+        self,
+        spec_dir: Path,
+        python: str = sys.executable,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
+        self.spec_dir = spec_dir
         self.python = python
         self.extra_env = extra_env or {}
 
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
-        env = {**os.environ, **self.extra_env, RUN_ENV: spec.to_json(), TASK_ENV: spec.task_id}
+        path = spec.write(self.spec_dir)
+        env = {**os.environ, **self.extra_env, RUN_ENV: str(path), TASK_ENV: spec.task_id}
         pid = _fork_exec([self.python, "-m", "agent_runtime.child"], env, log_path, container)
         # The child joins too, before exec; this makes the leader a member by the time we return.
         container.adopt(pid)
@@ -139,12 +156,14 @@ class ForkServerSpawner:
         self,
         preload: Sequence[str],
         log_path: Path,
+        spec_dir: Path,
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
         reply_timeout_s: float = 60.0,
     ) -> None:
         self.preload = list(preload)
         self.log_path = log_path
+        self.spec_dir = spec_dir
         self.python = python
         self.extra_env = extra_env or {}
         self.reply_timeout_s = reply_timeout_s
@@ -186,7 +205,7 @@ class ForkServerSpawner:
         request = json.dumps(
             {
                 "task_id": spec.task_id,
-                "spec": spec.to_json(),
+                "spec_path": str(spec_path(self.spec_dir, spec.task_id)),
                 "cgroup": str(container.cgroup) if container.cgroup else None,
                 "log": str(log_path),
             }
@@ -196,6 +215,8 @@ class ForkServerSpawner:
                 if self._sock is None:
                     self.start()
                 assert self._sock is not None
+                # Written for each attempt: a server that died may have taken the file.
+                spec.write(self.spec_dir)
                 try:
                     self._sock.send(request)
                 except OSError as exc:  # the server died before it read anything: resend

@@ -476,3 +476,24 @@ async def test_a_run_that_exits_on_our_sigterm_is_recorded_as_it_ended(
     record = await client.wait(task, 30)
     assert record["state"] == "aborted" and record["exit_code"] == "143"
     assert "signal" not in record and record["signal_sent"] == "SIGTERM"
+
+
+@pytest.mark.parametrize("spawn_mode", ["fork-server", "exec"])
+async def test_a_long_prompt_reaches_the_run_whatever_the_spawner(
+    spawn_mode: str,
+    start_daemon: Callable[..., Daemon],
+    client: SupervisorClient,
+    sessions: RedisSessionService,
+) -> None:
+    # Past about 212 KB the fork server's datagram failed (taken for a dead server);
+    # past 128 KiB the exec spawner's environment variable did.
+    daemon = start_daemon(ADK_SUPERVISOR_SPAWN_MODE=spawn_mode)
+    prompt = "weather? " + "x" * 300_000
+    task = await client.submit(A + "weather_agent", prompt, user_id="u")
+    record = await client.wait(task, 120)
+    assert record["state"] == "completed", record
+    session = await sessions.get_session(app_name="weather", user_id="u", session_id=task)
+    assert session is not None
+    first = session.events[0].content
+    assert first is not None and first.parts and first.parts[0].text == prompt
+    assert not list((daemon.state_dir / "specs").iterdir()), "a spec file (the prompt) was left"
