@@ -204,6 +204,7 @@ def _start_daemon(
         "ADK_SUPERVISOR_NODE_ID": f"bench-{uuid.uuid4().hex[:6]}",
         "ADK_SUPERVISOR_STATE_DIR": str(state_dir),
         "ADK_SUPERVISOR_KILL_MECHANISM": mechanism,
+        "ADK_SUPERVISOR_ALLOW_IMPORT_PATHS": "true",
         "ADK_SUPERVISOR_MAX_CONCURRENT_RUNS": "4",
         "ADK_EXAMPLE_HOLD_S": "120",
     }

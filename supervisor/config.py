@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     node_dead_after_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
-    allow_import_paths: bool = True
+    allow_import_paths: bool = False
     apps: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("redis_url")

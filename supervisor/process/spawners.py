@@ -52,6 +52,10 @@ __all__ = ["ExecSpawner", "ForkServerSpawner", "Spawner"]
 
 log = logging.getLogger("adk_supervisor")
 
+# -P: the working directory (for the unit, "/") is not put first on sys.path, so an app
+# reference cannot import a stray file from it; PYTHONPATH and installed packages still are.
+_SAFE_PATH = ("-P", "-m")
+
 
 class Spawner(Protocol):
     """Starts the child of a run. Called on the daemon's event loop."""
@@ -131,7 +135,7 @@ class ExecSpawner:
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
         path = spec.write(self.spec_dir)
         env = {**os.environ, **self.extra_env, RUN_ENV: str(path), TASK_ENV: spec.task_id}
-        pid = _fork_exec([self.python, "-m", "agent_runtime.child"], env, log_path, container)
+        pid = _fork_exec([self.python, *_SAFE_PATH, "agent_runtime.child"], env, log_path, container)
         # The child joins too, before exec; this makes the leader a member by the time we return.
         container.adopt(pid)
         return pid
@@ -184,7 +188,7 @@ class ForkServerSpawner:
             TASK_ENV: "#" * MARKER_ROOM,
         }
         try:
-            argv = [self.python, "-m", "agent_runtime.fork_server"]
+            argv = [self.python, *_SAFE_PATH, "agent_runtime.fork_server"]
             self.server_pid = _fork_exec(argv, env, self.log_path, keep_fd=theirs.fileno())
         except BaseException:
             ours.close()

@@ -37,8 +37,11 @@ class Daemon:
             "ADK_SUPERVISOR_KILL_MECHANISM": mechanism,
             "ADK_SUPERVISOR_LOG_LEVEL": "DEBUG",
             "ADK_EXAMPLE_HOLD_S": "60",
+            # The tests name agents by import path; production configs name [apps].
+            "ADK_SUPERVISOR_ALLOW_IMPORT_PATHS": "true",
             **env,
         }
+        self.cwd = ROOT
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "daemon.log"
 
@@ -52,7 +55,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "supervisor", *url, "run"],
             env=self.env,
-            cwd=ROOT,
+            cwd=self.cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )

@@ -497,3 +497,31 @@ async def test_a_long_prompt_reaches_the_run_whatever_the_spawner(
     first = session.events[0].content
     assert first is not None and first.parts and first.parts[0].text == prompt
     assert not list((daemon.state_dir / "specs").iterdir()), "a spec file (the prompt) was left"
+
+
+@pytest.mark.parametrize("spawn_mode", ["fork-server", "exec"])
+async def test_runs_never_import_from_the_daemons_working_directory(
+    spawn_mode: str, tmp_path: Path, redis_url: str, key_prefix: str, client: SupervisorClient
+) -> None:
+    # The unit runs the daemon as root in "/": with the working directory first on
+    # sys.path, an app reference named any file there (say /dev/shm/x.py) and it ran.
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    planted = tmp_path / "imported"
+    (workdir / "strayapp.py").write_text(
+        f"open({str(planted)!r}, 'w').close()\nfrom examples.agents import weather_agent as agent\n"
+    )
+    daemon = Daemon(
+        redis_url, key_prefix, tmp_path / "state", "auto", ADK_SUPERVISOR_SPAWN_MODE=spawn_mode
+    )
+    daemon.cwd = workdir
+    daemon.start()
+    try:
+        record = await client.wait(await client.submit("strayapp:agent", "hi", user_id="u"), 60)
+        assert record["state"] == "failed"
+        assert not planted.exists(), "a run imported a module from the working directory"
+        # Apps on the configured path still load.
+        done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+        assert done["state"] == "completed"
+    finally:
+        daemon.stop()
