@@ -165,6 +165,8 @@ class Supervisor:
                 tg.cancel_scope.cancel()
         finally:
             self.spawner.close()
+            if self.stopping:  # a clean stop: every run is gone (not so after a failed start)
+                self.containment.close()
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
 

@@ -103,6 +103,9 @@ class Containment(Protocol):
     def leftovers(self) -> list[RunContainer]:
         """Containers of runs a previous daemon on this node left behind."""
 
+    def close(self) -> None:
+        """Removes what the containment itself created, at a clean stop (its runs are gone)."""
+
 
 class CgroupContainment:
     """One cgroup v2 leaf per run; ``cgroup.kill`` takes the whole tree."""
@@ -160,6 +163,14 @@ class CgroupContainment:
             if p.is_dir() and p.name.startswith("run-")
         ]
 
+    def close(self) -> None:
+        # Only when empty: a leaf still populated (a process stuck in D state) keeps it,
+        # and the next start's reconcile sweeps it.
+        try:
+            self.root.rmdir()
+        except OSError as exc:
+            log.warning("cgroup %s not removed at stop (%s)", self.root, exc)
+
 
 def _in_leaf(leaf: Path, pid: int) -> bool:
     return in_cgroup_leaf(pid, leaf)
@@ -199,6 +210,9 @@ class PgroupContainment:
 
     def leftovers(self) -> list[RunContainer]:
         return []
+
+    def close(self) -> None:
+        return None
 
 
 def _marked(marker: bytes, pid: int) -> bool:

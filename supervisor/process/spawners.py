@@ -135,7 +135,9 @@ class ExecSpawner:
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
         path = spec.write(self.spec_dir)
         env = {**os.environ, **self.extra_env, RUN_ENV: str(path), TASK_ENV: spec.task_id}
-        pid = _fork_exec([self.python, *_SAFE_PATH, "agent_runtime.child"], env, log_path, container)
+        pid = _fork_exec(
+            [self.python, *_SAFE_PATH, "agent_runtime.child"], env, log_path, container
+        )
         # The child joins too, before exec; this makes the leader a member by the time we return.
         container.adopt(pid)
         return pid

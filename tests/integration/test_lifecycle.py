@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from supervisor.client import SupervisorClient
+from supervisor.process import find_writable_cgroup2
 
 from .daemon_harness import Daemon, until_state
 
@@ -188,3 +189,14 @@ async def test_a_second_daemon_with_the_same_node_id_refuses_to_start(
     record = await client.get(task)
     assert record["state"] == "running" and record["pid"] == running["pid"]
     assert first.proc is not None and first.proc.poll() is None
+
+
+async def test_a_clean_stop_removes_the_nodes_cgroup(start_daemon: Callable[..., Daemon]) -> None:
+    # Every daemon (and every test run) used to leave adk-supervisor-<node> behind.
+    parent = find_writable_cgroup2()
+    assert parent is not None, "the tests need a writable cgroup v2 (run them as root)"
+    daemon = start_daemon("cgroup")
+    root = parent / f"adk-supervisor-{daemon.node_id}"
+    assert root.is_dir()
+    assert daemon.stop() == 0
+    assert not root.exists()

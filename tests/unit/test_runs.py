@@ -38,6 +38,9 @@ class RecordingContainment:
     def leftovers(self) -> list[RunContainer]:
         return []
 
+    def close(self) -> None:
+        return None
+
 
 def _run(task_id: str) -> ActiveRun:
     spec = RunSpec(task_id, "m:a", None, "u", task_id, "hi", "redis://x", "p:", None)
