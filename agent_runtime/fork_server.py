@@ -13,9 +13,11 @@ those objects stay shared with every child, then serves one request at a time::
 A run is forked through a short-lived intermediate that joins the run's cgroup
 first, so the run is born inside it, and exits at once: the run is orphaned to
 the daemon (the nearest child subreaper), which reaps it and reads its exit
-status exactly as for a child it forked itself. Only then does the run set its
-parent-death signal (set earlier, the intermediate's exit would fire it), start
-its own session and execute ``agent_runtime.child.execute``.
+status exactly as for a child it forked itself. The run starts its own session
+(and process group) before it reports its PID, so a group kill the daemon sends
+as soon as it knows the PID reaches it. Once orphaned it sets its parent-death
+signal (set earlier, the intermediate's exit would fire it) and executes
+``agent_runtime.child.execute``.
 
 Spawning this way costs milliseconds instead of an interpreter start and an
 ADK import (about 0.9 s here), and a killed run tears down only the pages it
@@ -81,7 +83,7 @@ def _stamp_marker(task_id: str) -> None:
 def _become_run(
     spec: RunSpec, daemon: int, intermediate: int, log_fd: int, go: int, server: socket.socket
 ) -> None:
-    """In the forked run: wait to be the daemon's, take its session and run the spec."""
+    """In the forked run (its own session already): wait to be the daemon's, run the spec."""
     while (parent := os.getppid()) != daemon:  # the intermediate exits right after the fork
         if parent != intermediate:  # the daemon died meanwhile: nobody would reap or kill us
             os._exit(127)
@@ -97,7 +99,6 @@ def _become_run(
         os._exit(127)
     if os.getppid() != daemon:  # the daemon died before the prctl
         os._exit(127)
-    os.setsid()
     server.close()
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
@@ -129,15 +130,18 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tu
                 if cgroup:
                     join_cgroup(cgroup)
                 me = os.getpid()
-                pid = os.fork()
-                if pid == 0:
+                if os.fork() == 0:
                     try:
+                        # Its own session and process group before anyone learns its PID:
+                        # a group kill sent the moment the daemon knows the run must reach
+                        # it (before, it was still in the server's group).
+                        os.setsid()
+                        os.write(write_end, b"%d" % os.getpid())
                         os.close(write_end)
                         os.close(go_write)
                         _become_run(spec, daemon, me, log_fd, go_read, server)
                     finally:
                         os._exit(127)
-                os.write(write_end, b"%d" % pid)
             finally:
                 os._exit(0)
         os.close(write_end)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from supervisor.client import SupervisorClient
 from supervisor.ops.redis_server import RedisServer
 from supervisor.process import boot_id, find_writable_cgroup2, process_start_ticks
 
-from .daemon_harness import Daemon, until_state
+from .daemon_harness import ROOT, Daemon, until_state
 from .history import terminal_events
 from .signal_agents import NAMELESS_SIGNAL
 
@@ -525,3 +526,23 @@ async def test_runs_never_import_from_the_daemons_working_directory(
         assert done["state"] == "completed"
     finally:
         daemon.stop()
+
+
+def test_a_fork_server_run_leads_its_own_group_when_its_pid_is_reported(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # It used to call setsid() only after the daemon had its PID: a pgroup kill sent
+    # then signalled the fork server's group (or, without the pidfd group flag, nobody).
+    # (That window is microseconds wide: this checks the invariant, it did not catch
+    # the old code in the act.)
+    for _ in range(5):
+        probe = subprocess.run(
+            [sys.executable, "-m", "tests.integration.fork_probe", redis_url, str(tmp_path)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert json.loads(probe.stdout.splitlines()[-1])["leads_its_group"]
