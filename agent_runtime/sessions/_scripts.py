@@ -51,6 +51,8 @@ end
 local function index_session(base, member, sid, uidx, score, ttl_ms)
   -- Index keys hold many sessions: each lives as long as its longest-lived
   -- session (no TTL if any session has none), so nothing dangles after expiry.
+  -- The expiry index lists what to purge from the others, so it must never go
+  -- before them: it is kept whenever the app index is kept.
   local idx = base .. 'idx'
   local exp_key = base .. 'exp'
   local ttls = {redis.call('PTTL', idx), redis.call('PTTL', uidx)}
@@ -60,6 +62,17 @@ local function index_session(base, member, sid, uidx, score, ttl_ms)
     redis.call('ZREM', exp_key, member)
     redis.call('PERSIST', idx)
     redis.call('PERSIST', uidx)
+    redis.call('PERSIST', exp_key)
+    return
+  end
+  if ttls[1] == -1 then
+    -- The app index is kept for a session without a TTL: so is the expiry index.
+    redis.call('ZADD', exp_key, now_ms() + ttl_ms, member)
+    redis.call('PERSIST', exp_key)
+    if ttls[2] == -2 or (ttls[2] >= 0 and ttls[2] < ttl_ms) then
+      redis.call('PEXPIRE', uidx, ttl_ms)
+    end
+    purge_expired(base, exp_key, 20)
     return
   end
   local exp_ttl = redis.call('PTTL', exp_key)

@@ -22,6 +22,7 @@ from google.genai import types
 from redis.crc import key_slot
 
 from agent_runtime import RedisSessionService, RedisUnavailableError
+from agent_runtime.keys import KeySchema
 from agent_runtime.redis_connection import PoolExhaustedError, connect
 from examples.scripted_llm import ScriptedLlm
 from supervisor.ops.redis_server import RedisServer
@@ -343,3 +344,24 @@ async def test_an_exhausted_pool_is_reported_as_such_not_as_an_outage(redis_url:
             await service.get_session(app_name="a", user_id="u", session_id="s")
         await busy
     await client.aclose()
+
+
+async def test_expired_sessions_leave_no_index_entry_when_ttls_are_mixed(
+    redis_url: str, key_prefix: str
+) -> None:
+    # A session without a TTL keeps the app's index alive; the expiry index used to
+    # expire with its last member, so an expired session's index entry stayed for ever.
+    app = KeySchema(key_prefix).app("mixed")
+    async with (
+        RedisSessionService(redis_url, key_prefix=key_prefix, session_ttl=1) as short,
+        RedisSessionService(redis_url, key_prefix=key_prefix, session_ttl=None) as forever,
+    ):
+        await short.create_session(app_name="mixed", user_id="u", session_id="brief")
+        await forever.create_session(app_name="mixed", user_id="u", session_id="kept")
+        await asyncio.sleep(2.5)
+        listed = await forever.list_sessions(app_name="mixed", user_id=None)
+        assert [s.id for s in listed.sessions] == ["kept"]
+        # Touching the app again (another create) purges what expired.
+        await forever.create_session(app_name="mixed", user_id="u", session_id="later")
+        members = await forever.redis.zrange(app.index, 0, -1)
+        assert sorted(members) == [b"u:kept", b"u:later"]
