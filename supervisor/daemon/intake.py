@@ -42,8 +42,16 @@ class Entry:
     _stream: str
 
     async def ack(self) -> None:
-        """Acknowledges the entry: no node will read it again."""
-        await self._client.xack(self._stream, RUNS_GROUP, self.id)
+        """Acknowledges and deletes the entry: no node will read it again.
+
+        Deleted, not only acknowledged: the entry holds the prompt, which the run
+        has from here on (its record, its spec, its session), and the stream would
+        otherwise keep every prompt ever submitted.
+        """
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.xack(self._stream, RUNS_GROUP, self.id)
+            pipe.xdel(self._stream, self.id)
+            await pipe.execute()
 
 
 Handler = Callable[[Entry], Awaitable[None]]

@@ -546,3 +546,15 @@ def test_a_fork_server_run_leads_its_own_group_when_its_pid_is_reported(
         )
         assert probe.returncode == 0, probe.stderr
         assert json.loads(probe.stdout.splitlines()[-1])["leads_its_group"]
+
+
+async def test_a_taken_run_leaves_no_prompt_in_the_runs_stream(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # The stream used to keep every prompt ever submitted.
+    start_daemon()
+    done = await client.wait(
+        await client.submit(A + "weather_agent", "a private question", user_id="u"), 60
+    )
+    assert done["state"] == "completed"
+    assert await client.client.xlen(client.store.keys.runs) == 0
