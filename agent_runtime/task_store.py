@@ -94,7 +94,8 @@ MAX_REASON: Final = 4096
 """Abort reasons are cut to this many characters before they reach a record."""
 
 # KEYS: task hash. ARGV: new state, allowed from-states (space separated),
-# event JSON, events channel, per-task channel, then field/value pairs.
+# event JSON, events channel, per-task channel, TTL in ms (0: none), then
+# field/value pairs.
 _TRANSITION = r"""
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then
@@ -107,10 +108,14 @@ end
 if not ok then
   return {'REJECTED', cur}
 end
-if #ARGV > 5 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+if #ARGV > 6 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
+local ttl = tonumber(ARGV[6])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 redis.call('PUBLISH', ARGV[5], ARGV[3])
 return {'OK', cur}
@@ -160,9 +165,17 @@ def _flat(fields: Mapping[str, object]) -> list[str]:
 class TaskStore:
     """Reads and moves task records; the one implementation of the state machine."""
 
-    def __init__(self, client: aioredis.Redis, key_prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        key_prefix: str = DEFAULT_PREFIX,
+        *,
+        record_ttl_s: float | None = None,
+    ) -> None:
+        """``record_ttl_s``: how long a record lives once terminal (None: for ever)."""
         self.client = client
         self.keys = KeySchema(key_prefix)
+        self._terminal_ttl_ms = int(record_ttl_s * 1000) if record_ttl_s else 0
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
 
@@ -216,6 +229,7 @@ class TaskStore:
                 event,
                 self.keys.task_events,
                 self.keys.task_channel(task_id),
+                self._terminal_ttl_ms if state.terminal else 0,
                 *_flat(fields),
             ],
         )
@@ -247,6 +261,7 @@ class TaskStore:
                             event,
                             self.keys.task_events,
                             self.keys.task_channel(task_id),
+                            self._terminal_ttl_ms,
                             *_flat(f),
                         ],
                         client=pipe,

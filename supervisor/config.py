@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=60.0, ge=0)
     spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, ge=0)
+    record_ttl_s: float | None = Field(default=7 * 24 * 3600, ge=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     node_dead_after_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -118,7 +119,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"no group named {value!r} on this host") from None
         return value
 
-    @field_validator("default_timeout_s", "session_ttl_s")
+    @field_validator("default_timeout_s", "session_ttl_s", "record_ttl_s")
     @classmethod
     def _zero_is_none(cls, value: float | None) -> float | None:
         # TOML has no null: 0 means "no limit" / "never expire".

@@ -71,7 +71,7 @@ class Supervisor:
         self.started_at = time.time()
         self.log_dir = settings.state_dir / "logs"
         self.client: aioredis.Redis = connect(self.redis_url)
-        self.store = TaskStore(self.client, settings.key_prefix)
+        self.store = TaskStore(self.client, settings.key_prefix, record_ttl_s=settings.record_ttl_s)
         self.spec_dir = settings.state_dir / "specs"
         self.spawner = spawner or (
             ForkServerSpawner(

@@ -558,3 +558,14 @@ async def test_a_taken_run_leaves_no_prompt_in_the_runs_stream(
     )
     assert done["state"] == "completed"
     assert await client.client.xlen(client.store.keys.runs) == 0
+
+
+async def test_terminal_records_expire_after_record_ttl_s(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # Task records used to be kept for ever.
+    start_daemon(ADK_SUPERVISOR_RECORD_TTL_S="120")
+    task = await client.submit(A + "weather_agent", "hi", user_id="u")
+    assert (await client.wait(task, 60))["state"] == "completed"
+    ttl = await client.client.ttl(client.store.keys.task(task))
+    assert 0 < ttl <= 120
