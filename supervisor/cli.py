@@ -23,9 +23,9 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .control.client import request
 from .errors import (
@@ -40,9 +40,12 @@ from .errors import (
 from .paths import locate_socket
 
 if TYPE_CHECKING:
+    from .client import SupervisorClient
     from .config import Settings
 
 __all__ = ["main"]
+
+_T = TypeVar("_T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -351,30 +354,46 @@ def _client_command(args: argparse.Namespace) -> int:
             _emit({"task_id": args.task_id, "abort_published_to": reply["heard"]}, args.json)
             return EXIT_OK
         if reply is not None and not args.wait:
-            if args.json:
-                _emit({"task_id": reply["task_id"]}, True)
-            else:
-                _print(reply["task_id"])  # alone, so `T=$(adk-supervisor submit ...)` works
+            _print_task_id(str(reply["task_id"]), args.json)
             return EXIT_OK
 
     url, prefix = _redis_target(args, socket, settings)
     if args.command == "submit":
-        task_id = str(reply["task_id"]) if reply else _over_redis(url, prefix, "submit", args)
+        task_id = (
+            str(reply["task_id"])
+            if reply
+            else _over_redis(
+                url,
+                prefix,
+                lambda client: client.submit(
+                    args.app,
+                    args.message,
+                    user_id=args.user_id,
+                    session_id=args.session_id,
+                    task_id=args.task_id,
+                    timeout_s=args.timeout,
+                ),
+            )
+        )
         if args.wait:
             return _wait(url, prefix, task_id, None, args.json)
-        if args.json:
-            _emit({"task_id": task_id}, True)
-        else:
-            _print(task_id)
+        _print_task_id(task_id, args.json)
         return EXIT_OK
     if args.command == "abort":
-        heard = _over_redis(url, prefix, "abort", args)
+        heard = _over_redis(url, prefix, lambda client: client.abort(args.task_id, args.reason))
         _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
         return EXIT_OK
     if args.command == "get":
-        _emit(_over_redis(url, prefix, "get", args), args.json)
+        _emit(_over_redis(url, prefix, lambda client: client.get(args.task_id)), args.json)
         return EXIT_OK
     return _wait(url, prefix, args.task_id, args.timeout, args.json)
+
+
+def _print_task_id(task_id: str, as_json: bool) -> None:
+    if as_json:
+        _emit({"task_id": task_id}, True)
+    else:
+        _print(task_id)  # alone, so `T=$(adk-supervisor submit ...)` works
 
 
 def _through_daemon(socket: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -412,36 +431,22 @@ def _redis_target(
     return direct, settings.key_prefix
 
 
-def _over_redis(url: str, prefix: str, command: str, args: argparse.Namespace) -> Any:
+def _over_redis(url: str, prefix: str, call: Callable[[SupervisorClient], Awaitable[_T]]) -> _T:
     """One client call straight to Redis (redis-py and asyncio load only here)."""
     import anyio
 
     from .client import SupervisorClient
 
-    async def call() -> Any:
+    async def run() -> _T:
         async with SupervisorClient(url, prefix) as client:
-            if command == "submit":
-                return await client.submit(
-                    args.app,
-                    args.message,
-                    user_id=args.user_id,
-                    session_id=args.session_id,
-                    task_id=args.task_id,
-                    timeout_s=args.timeout,
-                )
-            if command == "abort":
-                return await client.abort(args.task_id, args.reason)
-            if command == "get":
-                return await client.get(args.task_id)
-            return await client.wait(args.task_id, args.timeout)
+            return await call(client)
 
-    return anyio.run(call)
+    return anyio.run(run)
 
 
 def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: bool) -> int:
-    args = argparse.Namespace(task_id=task_id, timeout=limit_s)
     try:
-        record = _over_redis(url, prefix, "wait", args)
+        record = _over_redis(url, prefix, lambda client: client.wait(task_id, limit_s))
     except TimeoutError:
         raise CliError(
             f"task {task_id} did not end within {limit_s:g}s", EXIT_WAIT_TIMEOUT

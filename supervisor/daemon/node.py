@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from agent_runtime.process_control import set_child_subreaper
 from agent_runtime.redis_connection import REDIS_ERRORS, connect, describe_reply, redact_url
-from agent_runtime.task_store import TaskState, TaskStore
+from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore
 
 from ..config import Settings
 from ..control.handler import ControlHandler
@@ -254,7 +254,7 @@ class Supervisor:
             return
         for run, record in zip(runs, records, strict=True):
             state = record.get("state", "")
-            if state in {s.value for s in TaskState if s.terminal}:
+            if state in TERMINAL_STATES:
                 self.runs.kill_ended_elsewhere(run.task_id, state)
 
     async def _shutdown(self) -> None:

@@ -29,7 +29,7 @@ from agent_runtime.redis_connection import as_text
 from agent_runtime.task_store import LIVE_STATES, TaskStore
 
 from ..process.containment import Containment
-from ..process.identity import carries_marker, process_start_ticks, signal_proven
+from ..process.identity import carries_marker, carrying, process_start_ticks, signal_proven
 from ..process.tree import run_marker
 
 __all__ = ["ReconcileReport", "reconcile_node"]
@@ -59,11 +59,7 @@ def _kill_marked(task_ids: set[str]) -> None:
         except OSError:
             continue
         for marker in markers.intersection(environ):
-            signal_proven(pid, functools.partial(_carries, marker), signal.SIGKILL)
-
-
-def _carries(marker: bytes, pid: int) -> bool:
-    return carries_marker(pid, marker)
+            signal_proven(pid, carrying(marker), signal.SIGKILL)
 
 
 def _our_run_leader(task_id: str, ticks: int, pid: int) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import logging
 import os
 import signal
@@ -27,7 +26,7 @@ from typing import Literal, Protocol
 from agent_runtime.process_control import join_cgroup
 
 from ..errors import ContainmentError
-from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carries_marker, in_cgroup_leaf, signal_proven
+from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carrying, inside, signal_proven
 from .tree import marked_descendants, run_marker
 
 __all__ = [
@@ -131,7 +130,7 @@ class CgroupContainment:
         with contextlib.suppress(OSError):
             procs = (container.cgroup / "cgroup.procs").read_text().split()
         # A PID read here may be reaped and reused before the signal: prove membership first.
-        in_leaf = functools.partial(_in_leaf, container.cgroup)
+        in_leaf = inside(container.cgroup)
         for pid in map(int, procs):
             signal_proven(pid, in_leaf, sig)
 
@@ -172,10 +171,6 @@ class CgroupContainment:
             log.warning("cgroup %s not removed at stop (%s)", self.root, exc)
 
 
-def _in_leaf(leaf: Path, pid: int) -> bool:
-    return in_cgroup_leaf(pid, leaf)
-
-
 class PgroupContainment:
     """Process group + subreaper sweep, where no writable cgroup v2 exists."""
 
@@ -198,7 +193,7 @@ class PgroupContainment:
                     log.error("run %s: group signal failed: %s", container.task_id, exc)
         # Escaped members (setsid, double fork) carry the run's marker. One pass:
         # the daemon sweeps again until populated() is false, catching late forks.
-        marked = functools.partial(_marked, run_marker(container.task_id))
+        marked = carrying(run_marker(container.task_id))
         for pid in marked_descendants(container.task_id):
             signal_proven(pid, marked, sig)
 
@@ -213,10 +208,6 @@ class PgroupContainment:
 
     def close(self) -> None:
         return None
-
-
-def _marked(marker: bytes, pid: int) -> bool:
-    return carries_marker(pid, marker)
 
 
 def choose_containment(mode: Literal["auto", "cgroup", "pgroup"], node_id: str) -> Containment:

@@ -23,7 +23,9 @@ __all__ = [
     "PIDFD_SIGNAL_PROCESS_GROUP",
     "boot_id",
     "carries_marker",
+    "carrying",
     "in_cgroup_leaf",
+    "inside",
     "process_start_ticks",
     "signal_proven",
 ]
@@ -64,6 +66,16 @@ def in_cgroup_leaf(pid: int, leaf: Path) -> bool:
     except OSError:
         return False
     return any(line.startswith("0::") and line.endswith(suffix) for line in lines)
+
+
+def carrying(marker: bytes) -> Callable[[int], bool]:
+    """A proof for :func:`signal_proven`: the process carries ``marker``."""
+    return lambda pid: carries_marker(pid, marker)
+
+
+def inside(leaf: Path) -> Callable[[int], bool]:
+    """A proof for :func:`signal_proven`: the process is a member of cgroup ``leaf``."""
+    return lambda pid: in_cgroup_leaf(pid, leaf)
 
 
 def signal_proven(
