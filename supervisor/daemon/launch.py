@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -151,7 +152,17 @@ class Launcher:
             key_prefix=self._settings.key_prefix,
             session_ttl=self._settings.session_ttl_s,
         )
-        container = self._containment.prepare(task_id)
+        # The entry is acknowledged and the record says `starting` from here on: a local
+        # error (a full disk, EMFILE) must end the run as `failed`, never be retried as
+        # if Redis had failed, which would leave the record `starting` for good.
+        try:
+            container = self._containment.prepare(task_id)
+        except OSError as exc:
+            log.error("task %s: cannot prepare its container: %s", task_id, exc)
+            await self._recorder.record(
+                task_id, TaskState.FAILED, {"reason": f"cannot prepare the run: {exc}"}
+            )
+            return None
         with self._reaper.expecting() as expected:
             try:
                 pid = await self._spawner.spawn(spec, container, self._log_dir / f"{task_id}.log")
@@ -163,15 +174,24 @@ class Launcher:
                 )
                 return None
             early_exit = expected.take(pid)
-        # Unless reaped already, the PID is still this run's: nobody else reaps it.
-        pidfd = os.pidfd_open(pid) if early_exit is None else None
+            pidfd, start_ticks, setup_error = None, 0, None
+            if early_exit is None:
+                # Not reaped (nothing reaps between take() and here): the PID and its
+                # group are still this run's.
+                try:
+                    pidfd = os.pidfd_open(pid)
+                    start_ticks = process_start_ticks(pid) or 0
+                except OSError as exc:
+                    setup_error = exc
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
         now = time.monotonic()
         run = ActiveRun(
             spec,
             container,
             pid,
             pidfd,
-            (process_start_ticks(pid) or 0) if pidfd is not None else 0,
+            start_ticks,
             now,
             None if request.timeout_s is None else now + request.timeout_s,
         )
@@ -180,7 +200,13 @@ class Launcher:
             run.on_exit(early_exit)
         else:
             self._reaper.watch(pid, run.on_exit)
-        log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
+        if setup_error is not None:
+            # Registered all the same, so the usual path waits for the tree to be gone
+            # and records the end; the kill reaches escapees too.
+            log.error("task %s: start failed after the spawn: %s", task_id, setup_error)
+            self._runs.fail(task_id, f"start failed after the spawn: {setup_error}")
+        else:
+            log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
         return run
 
     async def _announce(self, run: ActiveRun) -> None:

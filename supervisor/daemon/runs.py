@@ -1,11 +1,12 @@
 """The run table and the whole kill path: the one place that decides to kill a run.
 
-A run is killed for one of five reasons, each a method here: an abort
+A run is killed for one of six reasons, each a method here: an abort
 (:meth:`RunTable.abort`, from the feed or a durable mark), a deadline (in
 :meth:`RunTable.watch`), the daemon's shutdown (:meth:`RunTable.kill_all`), a
 record a peer ended while this node was cut off (:meth:`RunTable.kill_ended_elsewhere`),
-and an abort that arrived while the run was still being started (parked, then
-applied by :meth:`RunTable.add`). Every kill is synchronous: it never waits on
+an abort that arrived while the run was still being started (parked, then
+applied by :meth:`RunTable.add`), and a start that failed after the fork
+(:meth:`RunTable.fail`). Every kill is synchronous: it never waits on
 Redis, and the first kill's reason is the one recorded.
 """
 
@@ -158,6 +159,12 @@ class RunTable:
             run = self._runs.get(task_id)
             if run is not None:
                 self._kill(run, TaskState.ABORTED, reason)
+
+    def fail(self, task_id: str, reason: str) -> None:
+        """Kills a run this daemon cannot supervise (its start failed after the fork)."""
+        run = self._runs.get(task_id)
+        if run is not None:
+            self._kill(run, TaskState.FAILED, reason)
 
     def kill_all(self, reason: str) -> None:
         """Kills every registered run (the daemon is stopping)."""

@@ -140,6 +140,8 @@ class CgroupContainment:
             events = (container.cgroup / "cgroup.events").read_text()
         except FileNotFoundError:
             return False
+        except OSError:  # EMFILE and the like: unknown counts as alive, the sweep goes on
+            return True
         return "populated 1" in events
 
     def release(self, container: RunContainer) -> None:
