@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -25,6 +26,7 @@ __all__ = [
     "describe_reply",
     "redact_url",
     "translate_redis_errors",
+    "wrong_type",
 ]
 
 
@@ -59,10 +61,20 @@ def as_text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
+# redis-py puts a failed pipeline command in front of Redis's own text.
+_WRONGTYPE = re.compile(r"(?:Command # \d+ \(.*\) of pipeline caused error: \('?)?WRONGTYPE ", re.S)
+
+
+def wrong_type(error: BaseException) -> bool:
+    """Whether ``error`` is Redis refusing a key of the wrong type: no outage, and no
+    retry helps until someone deletes the key."""
+    return isinstance(error, ResponseError) and _WRONGTYPE.match(str(error)) is not None
+
+
 def describe_reply(key: str, error: Exception) -> str:
     """An error reply about ``key``, said so an operator knows what to do."""
     text = str(error)
-    if text.startswith("WRONGTYPE"):
+    if wrong_type(error):
         return (
             f"{key} holds the wrong kind of value for adk-supervisor (Redis: {text}); "
             "something else wrote to it: check its content, then DEL it"
@@ -74,6 +86,11 @@ DEFAULT_MAX_CONNECTIONS = 128
 """Connections one client opens at most; callers beyond wait for a free one."""
 DEFAULT_POOL_TIMEOUT_S = 30.0
 """How long a caller waits for a free connection before :class:`PoolExhaustedError`."""
+DEFAULT_SOCKET_TIMEOUT_S = 10.0
+"""How long one reply may take before the call fails as unreachable (a frozen Redis, a
+failed-over master whose TCP connections hang): above the daemon's 1 s stream block."""
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+"""How long opening a connection may take."""
 
 
 def connect(
@@ -81,6 +98,8 @@ def connect(
     *,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+    socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     **kwargs: Any,
 ) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
@@ -90,7 +109,10 @@ def connect(
     are bytes (``decode_responses=False``) unless ``kwargs`` say otherwise.
     The client holds at most ``max_connections``; a caller that finds them all
     busy waits for one, up to ``pool_timeout_s`` (redis-py's default pool fails
-    at once instead, which callers could only take for an outage).
+    at once instead, which callers could only take for an outage). Every reply
+    must come within ``socket_timeout_s`` (redis-py waits for ever by default, so a
+    frozen Redis or a connection to a dead master hung every caller); pub/sub's
+    blocking reads are exempt (redis-py 8.1 reads them without a timeout).
     """
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
@@ -100,7 +122,12 @@ def connect(
         )
     kwargs.setdefault("decode_responses", False)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout_s, **kwargs
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        **kwargs,
     )
     return aioredis.Redis.from_pool(pool)
 

@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     toml_path: ClassVar[Path | None] = None
 
     redis_url: str | None = None
+    redis_socket_timeout_s: float = Field(default=10.0, gt=1.0)
     key_prefix: str = "adk:"
     node_id: str = Field(default_factory=socket.gethostname)
     state_dir: Path = DEFAULT_STATE_DIR

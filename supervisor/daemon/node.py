@@ -70,7 +70,9 @@ class Supervisor:
         self.embedded_redis = embedded_redis
         self.started_at = time.time()
         self.log_dir = settings.state_dir / "logs"
-        self.client: aioredis.Redis = connect(self.redis_url)
+        self.client: aioredis.Redis = connect(
+            self.redis_url, socket_timeout_s=settings.redis_socket_timeout_s
+        )
         self.store = TaskStore(self.client, settings.key_prefix, record_ttl_s=settings.record_ttl_s)
         self.spec_dir = settings.state_dir / "specs"
         self.spawner = spawner or (
