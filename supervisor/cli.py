@@ -456,14 +456,31 @@ def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: b
 
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
+    from agent_runtime.redis_url import redact_url
+
     from .config import find_config_path
+    from .run_acl import explain_run_credentials
 
     source = find_config_path(args.config)
     data = settings.model_dump(mode="json")
     data["socket_mode"] = f"{settings.socket_mode:04o}"
+    # Under systemd this output (ExecStartPre) goes to the journal: no passwords.
+    for key in ("redis_url", "run_redis_url"):
+        if data[key]:
+            data[key] = redact_url(data[key])
+    credentials = explain_run_credentials(
+        settings.run_credentials, settings.key_prefix, settings.run_redis_url
+    )
     if args.json:
         _print(
-            json.dumps({"ok": True, "source": str(source) if source else None, "settings": data})
+            json.dumps(
+                {
+                    "ok": True,
+                    "source": str(source) if source else None,
+                    "settings": data,
+                    "run_credentials": credentials,
+                }
+            )
         )
         return EXIT_OK
     _print(
@@ -473,6 +490,8 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     _emit(data, False)
     for name, ref in sorted(apps.items()):
         _print(f"app {name} = {ref}")
+    for line in credentials:
+        _print(f"run_credentials: {line}")
     return EXIT_OK
 
 

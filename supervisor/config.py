@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     toml_path: ClassVar[Path | None] = None
 
     redis_url: str | None = None
+    run_credentials: Literal["auto", "per_run", "shared", "daemon"] = "auto"
+    run_redis_url: str | None = None
     redis_socket_timeout_s: float = Field(default=10.0, gt=1.0)
     key_prefix: str = "adk:"
     node_id: str = Field(default_factory=socket.gethostname)
@@ -78,7 +80,7 @@ class Settings(BaseSettings):
     allow_import_paths: bool = False
     apps: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "run_redis_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
@@ -136,6 +138,21 @@ class Settings(BaseSettings):
                     f"app {name!r} = {ref!r}: must be an import path 'package.module:attribute'"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _run_credentials(self) -> Settings:
+        # A run_redis_url that a mode would ignore is a mistake worth stopping for.
+        if self.run_credentials == "shared" and not self.run_redis_url:
+            raise ValueError(
+                'run_credentials = "shared" needs run_redis_url: the URL (with the user and '
+                "password) every run connects with"
+            )
+        if self.run_credentials in ("per_run", "daemon") and self.run_redis_url:
+            raise ValueError(
+                f"run_redis_url is set but run_credentials = {self.run_credentials!r} ignores "
+                'it: unset it, or set run_credentials = "shared" (or "auto")'
+            )
+        return self
 
     @model_validator(mode="after")
     def _peer_timing(self) -> Settings:

@@ -17,6 +17,7 @@ __all__ = [
     "NodeIdInUse",
     "RedisServerError",
     "RequestError",
+    "RunCredentialsUnavailable",
     "SocketInUseError",
     "SpawnError",
     "StateDirLocked",
@@ -77,6 +78,10 @@ class StateDirUnusable(SupervisorError, OSError):
 
 class NodeIdInUse(SupervisorError):
     """Another live daemon heartbeats under this node id (another host or state_dir)."""
+
+
+class RunCredentialsUnavailable(SupervisorError, RuntimeError):
+    """``run_credentials = "per_run"``, but the daemon's Redis user may not create ACL users."""
 
 
 class RedisServerError(SupervisorError, RuntimeError):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+from redis.exceptions import ResponseError
 
 from agent_runtime.redis_connection import REDIS_ERRORS
 from agent_runtime.run_spec import RunSpec, spec_path
@@ -30,6 +31,7 @@ from ..process.identity import process_start_ticks
 from ..process.spawners import Spawner
 from .aborts import AbortListener
 from .admission import Rejected, RunRequest, admit
+from .credentials import RunCredentials
 from .intake import Entry
 from .outcome import ended_badly, outcome
 from .reaper import Reaper
@@ -67,6 +69,7 @@ class Launcher:
         spawner: Spawner,
         aborts: AbortListener,
         sealer: Sealer,
+        credentials: RunCredentials,
         log_dir: Path,
         spec_dir: Path,
     ) -> None:
@@ -81,6 +84,7 @@ class Launcher:
         self._spawner = spawner
         self._aborts = aborts
         self._sealer = sealer
+        self._credentials = credentials
         self._log_dir = log_dir
         self._spec_dir = spec_dir
         self.finished: Counter[str] = Counter()
@@ -125,6 +129,7 @@ class Launcher:
         finally:
             # Left behind only if the run never read it (it holds the prompt).
             spec_path(self._spec_dir, request.task_id).unlink(missing_ok=True)
+            await self._credentials.release(request.task_id)  # if the run never started
 
     async def _start(self, entry: Entry, request: RunRequest) -> ActiveRun | None:
         """Records ``starting``, spawns and registers the run; None if it must not run."""
@@ -132,6 +137,21 @@ class Launcher:
         marks = await self._store.abort_marks([task_id])
         if task_id in marks:
             await self._aborted_before_start(task_id, parse_abort_payload(marks[task_id])[0])
+            await entry.ack()
+            return None
+        # The run's sessions live under its [apps] name: the name its Redis user is confined to.
+        session_app = request.app if request.app in self._settings.apps else None
+        try:
+            # Before the claim: if Redis fails here, the entry is still pending and read again.
+            run_url = await self._credentials.issue(task_id, session_app)
+        except ResponseError as exc:
+            log.error("task %s: cannot create its Redis user: %s", task_id, exc)
+            await self._store.transition(
+                task_id,
+                TaskState.FAILED,
+                {"reason": f"cannot create the run's Redis user: {exc}"},
+                allowed_from=(TaskState.QUEUED,),
+            )
             await entry.ack()
             return None
         if not await self._claim(entry, request):
@@ -144,11 +164,11 @@ class Launcher:
         spec = RunSpec(
             task_id=task_id,
             app_ref=request.app_ref,
-            app_name=None,
+            app_name=session_app,
             user_id=request.user_id,
             session_id=request.session_id,
             message=request.message,
-            redis_url=self._node.redis_url,
+            redis_url=run_url,
             key_prefix=self._settings.key_prefix,
             session_ttl=self._settings.session_ttl_s,
         )
@@ -280,6 +300,7 @@ class Launcher:
             await self._recorder.record(run.task_id, state, fields)
         finally:
             self._runs.remove(run)
+        await self._credentials.release(run.task_id)
         killed = (
             f" (tree gone {(gone - run.kill.sent_at) * 1000:.1f} ms after the kill)"
             if run.kill is not None
@@ -294,4 +315,11 @@ class Launcher:
             fields.get("reason"),
         )
         if run.kill is not None:
-            await self._sealer.seal_killed(run.task_id, state.value, str(fields.get("reason", "")))
+            given = {
+                "adk_app": run.spec.app_name,
+                "user_id": run.spec.user_id,
+                "session_id": run.spec.session_id,
+            }
+            await self._sealer.seal_killed(
+                run.task_id, state.value, str(fields.get("reason", "")), given
+            )

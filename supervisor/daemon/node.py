@@ -34,6 +34,7 @@ from ..process.identity import boot_id, process_start_ticks
 from ..process.spawners import ExecSpawner, ForkServerSpawner, Spawner
 from .aborts import AbortListener
 from .admission import resolve_app
+from .credentials import RunCredentials
 from .health import Health
 from .intake import Intake
 from .launch import Launcher, NodeIdentity
@@ -94,6 +95,14 @@ class Supervisor:
             self.client, settings.key_prefix, self.runs, settings.heartbeat_interval_s
         )
         self.sealer = Sealer(self.store, settings.session_ttl_s)
+        self.credentials = RunCredentials(
+            self.client,
+            configured=settings.run_credentials,
+            key_prefix=settings.key_prefix,
+            node_id=self.node_id,
+            daemon_url=self.redis_url,
+            run_redis_url=settings.run_redis_url,
+        )
         self.launcher = Launcher(
             settings,
             self._identity,
@@ -105,6 +114,7 @@ class Supervisor:
             spawner=self.spawner,
             aborts=self.aborts,
             sealer=self.sealer,
+            credentials=self.credentials,
             log_dir=self.log_dir,
             spec_dir=self.spec_dir,
         )
@@ -127,7 +137,7 @@ class Supervisor:
             SdNotifier.from_env(),
             self.summary,
             lambda: len(self.runs),
-            self._fence,
+            self._after_beat,
         )
 
     # ------------------------------------------------------------- lifecycle
@@ -194,6 +204,8 @@ class Supervisor:
             try:
                 await self.health.check_node_free()
                 report = await self._reconcile()
+                # After reconcile killed this node's old runs: their users go with them.
+                await self.credentials.prepare()
                 await self.intake.ensure_group()
                 try:
                     await self.peers.register()
@@ -242,6 +254,10 @@ class Supervisor:
             self.intake.rescan_pending()
         if takeover.failed:
             await self.sealer.seal_orphans(takeover.failed)
+
+    async def _after_beat(self) -> None:
+        await self._fence()
+        await self.credentials.sweep()
 
     async def _fence(self) -> None:
         """Every heartbeat: kill runs whose record a peer ended while this node was away.
@@ -328,6 +344,7 @@ class Supervisor:
                 "embedded": self.embedded_redis,
             },
             "kill_mechanism": self.containment.name,
+            "run_credentials": self.credentials.mode,
             "spawner": self.spawner.name,
             "draining": self.draining,
             "max_concurrent_runs": self.settings.max_concurrent_runs,

@@ -56,8 +56,15 @@ class Sealer:
             self._sealing = sealing
         return self._sessions, self._sealing
 
-    async def seal_killed(self, task_id: str, state: str, reason: str) -> None:
+    async def seal_killed(
+        self, task_id: str, state: str, reason: str, given: Mapping[str, str | None]
+    ) -> None:
         """Answers a killed run's dangling tool calls, as ADK's abort would; never raises.
+
+        ``given``: the session names the daemon gave the run (``adk_app``, ``user_id``,
+        ``session_id``; None where it gave none). They win over the record's, which the
+        run itself may have rewritten: the daemon's rights must not seal a session the
+        run's own could not touch.
 
         Redis trouble is logged and skipped: the next turn still works (ADK drops
         unanswered calls), but the model then does not see the abort.
@@ -66,6 +73,7 @@ class Sealer:
             sessions, sealing = await self._load()
             with anyio.fail_after(_SEAL_TIMEOUT_S):
                 record = await self._store.get(task_id) or {}
+                record |= {k: v for k, v in given.items() if v}
                 sealed = await sealing.seal_task_session(sessions, task_id, record, state, reason)
             log.info("task %s: session sealed with %d events", task_id, len(sealed))
         except Exception as exc:  # sealing is best effort; the record is already right
