@@ -198,6 +198,7 @@ class Launcher:
             if early_exit is None:
                 # Not reaped (nothing reaps between take() and here): the PID and its
                 # group are still this run's.
+                self._containment.started(container, pid)
                 try:
                     pidfd = os.pidfd_open(pid)
                     start_ticks = process_start_ticks(pid) or 0

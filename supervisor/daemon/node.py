@@ -160,6 +160,7 @@ class Supervisor:
             report = await self._join()
             async with anyio.create_task_group() as tg:
                 await tg.start(self.reaper.run)
+                await tg.start(self.containment.follow)
                 await tg.start(self.recorder.run)
                 await tg.start(self.aborts.run)
                 await tg.start(self.intake.run)

@@ -5,9 +5,12 @@
   ``cgroup.events`` says ``populated 0``. Nothing escapes it, not even a
   double-forked ``setsid()``.
 - ``pgroup``: each run is its own session and process group; the kill signals
-  the group through a pidfd of the unreaped leader, then sweeps the daemon's
-  descendants (it is a child subreaper, so escaped grandchildren are
-  reparented to it) that carry the run's ``ADK_SUPERVISOR_TASK_ID`` marker.
+  the group through a pidfd of the unreaped leader, then every process the run
+  forked, known from the kernel's fork events (:mod:`.lineage`), whatever group,
+  session or environment it moved to. Without those events (not root), it
+  sweeps the daemon's descendants (it is a child subreaper, so escaped
+  grandchildren are reparented to it) that carry the run's
+  ``ADK_SUPERVISOR_TASK_ID`` marker.
 
 Written against the cgroup files directly: no library manages cgroup v2 leaves.
 """
@@ -23,10 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
+import anyio
+from anyio.abc import TaskStatus
+
 from agent_runtime.process_control import join_cgroup
 
 from ..errors import ContainmentError
-from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carrying, inside, signal_proven
+from ._proc_events import EventsLost, ProcEvents, open_events
+from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carrying, inside, signal_proven, started_at
+from .lineage import Lineage
 from .tree import marked_descendants, run_marker
 
 __all__ = [
@@ -90,6 +98,12 @@ class Containment(Protocol):
     def prepare(self, task_id: str) -> RunContainer:
         """Creates the container of a run before it is spawned."""
 
+    async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Follows the runs' processes until cancelled (a task of the daemon's group)."""
+
+    def started(self, container: RunContainer, pid: int) -> None:
+        """The run in ``container`` was spawned as ``pid`` (not reaped yet)."""
+
     def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
         """Sends ``sig`` to every process of the run's tree, at once. Never raises."""
 
@@ -114,6 +128,12 @@ class CgroupContainment:
     def __init__(self, parent: Path, node_id: str) -> None:
         self.root = parent / f"adk-supervisor-{node_id}"
         self.root.mkdir(exist_ok=True)
+
+    async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()  # the kernel keeps each run's tree in its leaf
+
+    def started(self, container: RunContainer, pid: int) -> None:
+        return None
 
     def prepare(self, task_id: str) -> RunContainer:
         leaf = self.root / f"run-{task_id}"
@@ -174,12 +194,60 @@ class CgroupContainment:
 
 
 class PgroupContainment:
-    """Process group + subreaper sweep, where no writable cgroup v2 exists."""
+    """Process group + lineage (or marker sweep), where no writable cgroup v2 exists.
+
+    With the kernel's fork events (root), every process forked in a run's tree is
+    the run's, whatever it does to its group, session or environment. Without them
+    (or after the event socket overflowed), the run's marker finds escapees that
+    kept their environment; the README says what neither can catch.
+    """
 
     name = "pgroup"
 
+    def __init__(self) -> None:
+        self._lineage = Lineage()
+        self._events: ProcEvents | None = None
+        try:
+            self._events = open_events()
+        except OSError as exc:
+            log.warning(
+                "no process events (%s; root is needed): escapees of a run are found by "
+                "its environment marker only",
+                exc,
+            )
+
+    @property
+    def tracking(self) -> bool:
+        """Whether runs' processes are followed by fork events."""
+        return self._events is not None
+
+    async def follow(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        if self._events is None:
+            task_status.started()
+            return
+        events = self._events
+        try:
+            task_status.started()
+            while True:
+                await anyio.wait_readable(events)
+                try:
+                    batch = events.read()
+                except EventsLost:
+                    log.warning("process events overflowed: the marker sweep backs up running runs")
+                    self._lineage.events_lost()
+                    continue
+                for event in batch:
+                    self._lineage.apply(event)
+        finally:
+            self._events = None
+            events.close()
+
     def prepare(self, task_id: str) -> RunContainer:
         return RunContainer(task_id)
+
+    def started(self, container: RunContainer, pid: int) -> None:
+        if self._events is not None:
+            self._lineage.adopt(container.task_id, pid)
 
     def kill(self, container: RunContainer, leader_pidfd: int | None, pgid: int, sig: int) -> None:
         # The group is signalled only while its leader is unreaped: its pidfd (or
@@ -193,17 +261,25 @@ class PgroupContainment:
                         os.killpg(pgid, sig)
                 elif exc.errno != errno.ESRCH:
                     log.error("run %s: group signal failed: %s", container.task_id, exc)
-        # Escaped members (setsid, double fork) carry the run's marker. One pass:
-        # the daemon sweeps again until populated() is false, catching late forks.
-        marked = carrying(run_marker(container.task_id))
-        for pid in marked_descendants(container.task_id):
-            signal_proven(pid, marked, sig)
+        # One pass: the daemon kills again until populated() is false, catching late forks.
+        for pid, ticks in self._lineage.members(container.task_id).items():
+            signal_proven(pid, started_at(ticks), sig)
+        if self._swept(container):
+            marked = carrying(run_marker(container.task_id))
+            for pid in marked_descendants(container.task_id):
+                signal_proven(pid, marked, sig)
 
     def populated(self, container: RunContainer) -> bool:
-        return bool(marked_descendants(container.task_id))
+        return self._lineage.alive(container.task_id) or (
+            self._swept(container) and bool(marked_descendants(container.task_id))
+        )
+
+    def _swept(self, container: RunContainer) -> bool:
+        # The sweep walks every descendant of the daemon: only where lineage is not whole.
+        return self._events is None or not self._lineage.complete(container.task_id)
 
     def release(self, container: RunContainer) -> None:
-        return None
+        self._lineage.forget(container.task_id)
 
     def leftovers(self) -> list[RunContainer]:
         return []

@@ -27,7 +27,9 @@ __all__ = [
     "in_cgroup_leaf",
     "inside",
     "process_start_ticks",
+    "process_state",
     "signal_proven",
+    "started_at",
 ]
 
 PIDFD_SIGNAL_PROCESS_GROUP: Final = 4  # Linux 6.9+
@@ -47,6 +49,15 @@ def process_start_ticks(pid: int) -> int | None:
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(b")") + 2 :].split()
     return int(fields[19])
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of ``pid`` (``R``, ``S``, ``Z`` for a zombie...), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split(maxsplit=1)[0].decode()
 
 
 def carries_marker(pid: int, marker: bytes) -> bool:
@@ -71,6 +82,12 @@ def in_cgroup_leaf(pid: int, leaf: Path) -> bool:
 def carrying(marker: bytes) -> Callable[[int], bool]:
     """A proof for :func:`signal_proven`: the process carries ``marker``."""
     return lambda pid: carries_marker(pid, marker)
+
+
+def started_at(ticks: int) -> Callable[[int], bool]:
+    """A proof for :func:`signal_proven`: the process started at ``ticks`` (it is not a
+    later process under a reused PID)."""
+    return lambda pid: process_start_ticks(pid) == ticks
 
 
 def inside(leaf: Path) -> Callable[[int], bool]:
