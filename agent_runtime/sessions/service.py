@@ -5,7 +5,8 @@ an event hash keyed by sequence number and a sorted set of event timestamps;
 the app keeps ``app:`` state, per-user ``user:`` state and session indexes. An
 append is one EVALSHA that checks for a stale writer, stores the event, applies
 the state deltas, updates the indexes and slides the TTL, so its cost does not
-depend on how long the session already is.
+depend on how long the session already is. A listing walks its index a page
+per script call, so it never holds Redis for longer than one page.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ _EVENTS = TypeAdapter(list[Event])
 # Query parameters of a session service URI that configure this service and are
 # not passed on to redis-py (which rejects unknown ones).
 _URI_OPTIONS: Final = ("key_prefix", "session_ttl")
+# Index entries one list script call visits: about 3 ms of Redis time (a session
+# costs ~12 us to read), so a listing of any size delays other clients' commands
+# (aborts, task transitions) by no more than that, and an index of up to this
+# many sessions is listed in one round trip.
+DEFAULT_LIST_PAGE_SIZE: Final = 250
 
 
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, Any]:
@@ -101,6 +107,8 @@ class RedisSessionService(BaseSessionService):
         (``adk web --session_service_uri redis://...``); its query may carry
         ``key_prefix`` and ``session_ttl`` (``0`` or ``none`` = never expire).
         Other keyword arguments the registry passes (``agents_dir``) are ignored.
+      list_page_size: index entries ``list_sessions`` reads per Redis script call;
+        bounds how long one listing step holds Redis.
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class RedisSessionService(BaseSessionService):
         *,
         redis_client: aioredis.Redis | None = None,
         uri: str | None = None,
+        list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
         **registry_kwargs: Any,
     ) -> None:
         if registry_kwargs and uri is None:
@@ -134,6 +143,11 @@ class RedisSessionService(BaseSessionService):
             raise ValueError(
                 f"session_ttl must be a positive number of seconds or None, got {session_ttl!r}"
             )
+        if isinstance(list_page_size, bool) or not isinstance(list_page_size, int):
+            raise TypeError(f"list_page_size must be an int, got {list_page_size!r}")
+        if list_page_size < 1:
+            raise ValueError(f"list_page_size must be at least 1, got {list_page_size}")
+        self.list_page_size = list_page_size
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a string, got {type(key_prefix).__name__}")
         self.key_prefix = key_prefix
@@ -151,7 +165,7 @@ class RedisSessionService(BaseSessionService):
         self._create = self._client.register_script(scripts.CREATE)
         self._append = self._client.register_script(scripts.APPEND)
         self._get = self._client.register_script(scripts.GET)
-        self._list = self._client.register_script(scripts.LIST)
+        self._list_page = self._client.register_script(scripts.LIST_PAGE)
         # One lock per session serialises this process's appends to it, as
         # DatabaseSessionService does: tasks sharing one Session object (parallel
         # agents) must not fail each other's revision check.
@@ -302,16 +316,27 @@ class RedisSessionService(BaseSessionService):
             raise ValueError(f"user_id must be a non-empty string or None, got {user_id!r}")
         index = app.index if user_id is None else app.user_index(user_id)
         user_part = "" if user_id is None else app.session(user_id, "-").user_part
+        # Keyed by member: a page met twice (ZSCAN may repeat entries across a
+        # rehash) or a session re-read after an update keeps its latest copy.
+        rows: dict[str, Sequence[Any]] = {}
+        user_states: dict[str, dict[str, Any]] = {}
+        cursor = "0"
         async with translate_redis_errors(self._where):
-            app_flat, rows, user_flat = await self._list(
-                keys=[index, app.app_state, app.expiry], args=[app.base, user_part]
-            )
+            while True:
+                cursor_raw, app_flat, page, user_flat = await self._list_page(
+                    keys=[index, app.app_state, app.index, app.expiry],
+                    args=[app.base, user_part, cursor, self.list_page_size],
+                )
+                for row in page:
+                    rows[as_text(row[0])] = row
+                for i in range(0, len(user_flat), 2):
+                    user_states[as_text(user_flat[i])] = _pairs(user_flat[i + 1])
+                cursor = as_text(cursor_raw)
+                if cursor == "0":
+                    break
         app_state = _pairs(app_flat)
-        user_states = {
-            as_text(user_flat[i]): _pairs(user_flat[i + 1]) for i in range(0, len(user_flat), 2)
-        }
         sessions = []
-        for member, _ct, update_time, rev, state_flat in rows:
+        for member, _ct, update_time, rev, state_flat in rows.values():
             user_part, _, session_part = as_text(member).partition(":")
             state = _pairs(state_flat)
             _merge(state, app_state, user_states.get(user_part, {}))

@@ -212,6 +212,29 @@ async def test_list_sessions_all_users_oldest_first_without_events(
     assert (await service.list_sessions(app_name="missing_app")).sessions == []
 
 
+async def test_list_sessions_beyond_one_page(service: BaseSessionService) -> None:
+    # Ours reads its index a page of 250 entries per Redis call: which sessions
+    # come back, their order and their merged state must not depend on the pages.
+    created = []
+    for i in range(600):
+        state: dict[str, int] = {"i": i}
+        if i < 9:
+            state["user:who"] = i
+        created.append(await service.create_session(app_name=APP, user_id=f"u{i % 9}", state=state))
+    expected = sorted(created, key=lambda s: (s.last_update_time, s.user_id, s.id))
+
+    everyone = (await service.list_sessions(app_name=APP)).sessions
+    assert [(s.user_id, s.id) for s in everyone] == [(s.user_id, s.id) for s in expected]
+    by_id = {s.id: s for s in created}
+    for s in everyone:
+        who = int(s.user_id[1:])
+        assert s.state == {"i": by_id[s.id].state["i"], "user:who": who}
+        assert s.events == []
+
+    one_user = (await service.list_sessions(app_name=APP, user_id="u4")).sessions
+    assert [s.id for s in one_user] == [s.id for s in expected if s.user_id == "u4"]
+
+
 async def test_delete_session(service: BaseSessionService) -> None:
     keep = await service.create_session(app_name=APP, user_id="u")
     gone = await service.create_session(app_name=APP, user_id="u")

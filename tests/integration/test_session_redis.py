@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -365,3 +366,164 @@ async def test_expired_sessions_leave_no_index_entry_when_ttls_are_mixed(
         await forever.create_session(app_name="mixed", user_id="u", session_id="later")
         members = await forever.redis.zrange(app.index, 0, -1)
         assert sorted(members) == [b"u:kept", b"u:later"]
+
+
+# --- list_sessions in bounded steps -------------------------------------------------
+
+
+async def _seed(svc: RedisSessionService, app: str, count: int, users: int, tag: str) -> None:
+    async def one(i: int) -> None:
+        await svc.create_session(
+            app_name=app, user_id=f"user{i % users}", state={"n": i}, session_id=f"{tag}{i}"
+        )
+
+    for start in range(0, count, 100):
+        await asyncio.gather(*(one(i) for i in range(start, min(count, start + 100))))
+
+
+def _script_calls(entries: list[dict[str, object]]) -> list[list[bytes]]:
+    """The commands each top-level call ran, from a SLOWLOG that logged every command.
+
+    Redis logs a script's own commands (client ``?:0``) before the script's call.
+    """
+    calls: list[list[bytes]] = []
+    inner: list[bytes] = []
+    for entry in sorted(entries, key=lambda e: int(e["id"])):  # type: ignore[call-overload]
+        command = entry["command"]
+        assert isinstance(command, bytes)
+        if entry.get("client_address") == b"?:0":
+            inner.append(command)
+            continue
+        name = command.split(b" ", 1)[0].upper()
+        if name in (b"SLOWLOG", b"CONFIG"):
+            continue
+        assert name == b"EVALSHA", f"list_sessions sent {command[:80]!r} besides its script"
+        calls.append(inner)
+        inner = []
+    return calls
+
+
+async def test_listing_20000_sessions_never_holds_redis_for_more_than_a_page() -> None:
+    # One script used to read the whole index: 20,000 sessions held Redis for about
+    # 250 ms, and every abort and task transition on that Redis waited behind it.
+    # Counted, not timed: Redis logs every command (slowlog-log-slower-than 0), a
+    # script's own commands included, so the sessions each call read are visible.
+    count = 20_000
+    with RedisServer() as server:
+        async with RedisSessionService(server.url, key_prefix="big:", session_ttl=None) as svc:
+            await _seed(svc, "big", count, users=200, tag="s")
+            await svc.list_sessions(app_name="warm")  # loads the script outside the log
+            admin = aioredis.Redis.from_url(server.url)
+            try:
+                await admin.config_set("slowlog-max-len", 1_000_000)
+                await admin.config_set("slowlog-log-slower-than", 0)
+                await admin.slowlog_reset()
+                listed = await svc.list_sessions(app_name="big")
+                await admin.config_set("slowlog-log-slower-than", -1)
+                calls = _script_calls(await admin.slowlog_get(2_000_000))
+            finally:
+                await admin.aclose()
+    reads = [sum(c.startswith(b"HMGET big:{big}:sess:") for c in call) for call in calls]
+    # Twice the default page size of 250: ZSCAN's COUNT may overshoot by a bucket.
+    assert max(reads) <= 500, f"one script call read {max(reads)} sessions"
+    assert max(len(call) for call in calls) <= 4 * 500 + 2
+    assert sum(reads) >= count and len(calls) >= count // 500
+    assert len({(s.user_id, s.id) for s in listed.sessions}) == count
+    assert [s.last_update_time for s in listed.sessions] == sorted(
+        s.last_update_time for s in listed.sessions
+    )
+
+
+async def test_small_index_is_listed_in_one_round_trip(redis_url: str, key_prefix: str) -> None:
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        async with RedisSessionService(redis_url, key_prefix=key_prefix) as svc:
+            # 100 sessions: a compact sorted set; 240: a hash table, still one page.
+            for app, count in (("small", 100), ("page", 240)):
+                await _seed(svc, app, count, users=7, tag="s")
+                await svc.list_sessions(app_name=app)
+                before = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+                listed = await svc.list_sessions(app_name=app)
+                after = (await admin.info("commandstats"))["cmdstat_evalsha"]["calls"]
+                assert len(listed.sessions) == count
+                assert after - before == 1, f"{count} sessions took {after - before} calls"
+    finally:
+        await admin.aclose()
+
+
+async def test_paged_listing_is_complete_with_expired_entries_and_writes_between_pages(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = "paged"
+    keys = KeySchema(key_prefix).app(app)
+    async with (
+        RedisSessionService(redis_url, key_prefix=key_prefix, session_ttl=1) as short,
+        RedisSessionService(
+            redis_url, key_prefix=key_prefix, session_ttl=None, list_page_size=50
+        ) as svc,
+        RedisSessionService(redis_url, key_prefix=key_prefix, session_ttl=None) as writer,
+    ):
+        await _seed(short, app, 400, users=30, tag="gone")
+        await svc.create_session(
+            app_name=app, user_id="user0", session_id="first", state={"app:v": 1, "user:w": 0}
+        )
+        await _seed(svc, app, 1500, users=30, tag="kept")
+        await asyncio.sleep(2.0)  # the 400 short-lived sessions expire
+
+        doomed = [f"kept{i}" for i in range(0, 1500, 7)]
+        touched = [f"kept{i}" for i in range(3, 1500, 11) if i % 7]
+        deleted: set[str] = set()
+        created: dict[str, str] = {}
+        real_page = svc._list_page
+        pages = 0
+
+        async def page_then_write(**kwargs: object) -> object:
+            # Other clients write between two pages: creates (which also grow and
+            # rehash the index under the scan), deletes and appends (re-scoring).
+            nonlocal pages
+            reply = await real_page(**kwargs)  # type: ignore[arg-type]
+            pages += 1
+            for k in range(40):
+                sid = f"new{pages}-{k}"
+                await writer.create_session(app_name=app, user_id=f"user{k % 30}", session_id=sid)
+                created[sid] = f"user{k % 30}"
+            for sid in doomed[(pages - 1) * 5 : pages * 5]:
+                n = int(sid[4:])
+                await writer.delete_session(app_name=app, user_id=f"user{n % 30}", session_id=sid)
+                deleted.add(sid)
+            if pages <= len(touched):
+                sid = touched[pages - 1]
+                got = await writer.get_session(
+                    app_name=app, user_id=f"user{int(sid[4:]) % 30}", session_id=sid
+                )
+                assert got is not None
+                await writer.append_event(got, text_event("later", timestamp=time.time() + 60))
+            return reply
+
+        monkeypatch.setattr(svc, "_list_page", page_then_write)
+        listed = (await svc.list_sessions(app_name=app)).sessions
+        monkeypatch.undo()
+
+        assert pages > 5, f"only {pages} pages: the listing was not paged"
+        ids = [s.id for s in listed]
+        assert len(ids) == len(set(ids)), "a session was listed twice"
+        stable = {f"kept{i}" for i in range(1500)} - deleted
+        assert stable <= set(ids), f"missing: {sorted(stable - set(ids))[:5]}"
+        assert not [i for i in ids if i.startswith("gone")], "an expired session was listed"
+        assert set(ids) <= stable | deleted | set(created) | {"first"}
+        assert [(s.last_update_time, s.user_id, s.id) for s in listed] == sorted(
+            (s.last_update_time, s.user_id, s.id) for s in listed
+        )
+        by_id = {s.id: s for s in listed}
+        assert by_id["kept30"].state == {"n": 30, "app:v": 1, "user:w": 0}
+        assert by_id["kept31"].state == {"n": 31, "app:v": 1}
+        # Every expired entry met on the way was dropped from every index.
+        for index in (keys.index, keys.expiry, keys.user_index("user5")):
+            left = await svc.redis.zrange(index, 0, -1)
+            assert not [m for m in left if b"gone" in m], index
+
+        # One user's index is paged the same way.
+        mine = [s.id for s in (await svc.list_sessions(app_name=app, user_id="user4")).sessions]
+        expected = {f"kept{i}" for i in range(4, 1500, 30)} - deleted
+        expected |= {sid for sid, user in created.items() if user == "user4"}
+        assert len(mine) == len(set(mine)) and set(mine) == expected
