@@ -21,6 +21,7 @@ __all__ = [
     "REDIS_ERRORS",
     "PoolExhaustedError",
     "RedisUnavailableError",
+    "WrongTypeError",
     "as_text",
     "connect",
     "describe_reply",
@@ -65,15 +66,23 @@ def as_text(value: bytes | str) -> str:
 _WRONGTYPE = re.compile(r"(?:Command # \d+ \(.*\) of pipeline caused error: \('?)?WRONGTYPE ", re.S)
 
 
+class WrongTypeError(ResponseError):
+    """A key holds the wrong kind of value (anyone can write one); the message names the key."""
+
+
 def wrong_type(error: BaseException) -> bool:
     """Whether ``error`` is Redis refusing a key of the wrong type: no outage, and no
     retry helps until someone deletes the key."""
-    return isinstance(error, ResponseError) and _WRONGTYPE.match(str(error)) is not None
+    return isinstance(error, WrongTypeError) or (
+        isinstance(error, ResponseError) and _WRONGTYPE.match(str(error)) is not None
+    )
 
 
-def describe_reply(key: str, error: Exception) -> str:
+def describe_reply(key: str, error: BaseException) -> str:
     """An error reply about ``key``, said so an operator knows what to do."""
     text = str(error)
+    if isinstance(error, WrongTypeError):
+        return text  # named its key already
     if wrong_type(error):
         return (
             f"{key} holds the wrong kind of value for adk-supervisor (Redis: {text}); "

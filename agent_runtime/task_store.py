@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .keys import DEFAULT_PREFIX, KeySchema
-from .redis_connection import as_text
+from .redis_connection import WrongTypeError, as_text, describe_reply, wrong_type
 
 __all__ = [
     "LIVE_STATES",
@@ -33,6 +36,8 @@ __all__ = [
     "check_task_id",
     "parse_abort_payload",
 ]
+
+log = logging.getLogger("adk_supervisor")
 
 # Task ids name files (run logs) and cgroup directories: no path separators, no
 # leading dot, and short enough for the fork server's environment marker.
@@ -184,6 +189,16 @@ class TaskStore:
         """The prefix of every key this store touches."""
         return self.keys.prefix
 
+    @asynccontextmanager
+    async def _named(self, task_id: str) -> AsyncIterator[None]:
+        """Turns Redis's WRONGTYPE about a task key into a :class:`WrongTypeError` naming it."""
+        try:
+            yield
+        except ResponseError as exc:
+            if wrong_type(exc):
+                raise WrongTypeError(describe_reply(self.keys.task(task_id), exc)) from None
+            raise
+
     @staticmethod
     def _event(task_id: str, state: str, at: float, detail: Mapping[str, object]) -> str:
         return json.dumps({"task_id": task_id, "state": state, "at": at, "detail": dict(detail)})
@@ -197,10 +212,16 @@ class TaskStore:
         event = self._event(
             task_id, state.value, now, {k: v for k, v in fields.items() if k != "message"}
         )
-        status, prev = await self._create(
-            keys=[self.keys.task(task_id)],
-            args=[event, self.keys.task_events, self.keys.task_channel(task_id), *_flat(record)],
-        )
+        async with self._named(task_id):
+            status, prev = await self._create(
+                keys=[self.keys.task(task_id)],
+                args=[
+                    event,
+                    self.keys.task_events,
+                    self.keys.task_channel(task_id),
+                    *_flat(record),
+                ],
+            )
         applied = as_text(status) == "OK"
         if applied:
             await self._history(event)
@@ -221,18 +242,19 @@ class TaskStore:
             fields.setdefault("ended_at", repr(now))
         sources = tuple(allowed_from) if allowed_from is not None else _ALLOWED_FROM[state]
         event = self._event(task_id, state.value, now, fields)
-        status, prev = await self._transition(
-            keys=[self.keys.task(task_id)],
-            args=[
-                state.value,
-                " ".join(s.value for s in sources),
-                event,
-                self.keys.task_events,
-                self.keys.task_channel(task_id),
-                self._terminal_ttl_ms if state.terminal else 0,
-                *_flat(fields),
-            ],
-        )
+        async with self._named(task_id):
+            status, prev = await self._transition(
+                keys=[self.keys.task(task_id)],
+                args=[
+                    state.value,
+                    " ".join(s.value for s in sources),
+                    event,
+                    self.keys.task_events,
+                    self.keys.task_channel(task_id),
+                    self._terminal_ttl_ms if state.terminal else 0,
+                    *_flat(fields),
+                ],
+            )
         status = as_text(status)
         if status == "OK":
             await self._history(event)
@@ -277,12 +299,27 @@ class TaskStore:
                             maxlen=HISTORY_MAXLEN,
                             approximate=True,
                         )
-                await pipe.execute()
+                replies = await pipe.execute(raise_on_error=False)
+                refused = [r for r in replies if isinstance(r, ResponseError)]
+                if refused:
+                    self._history_refused(refused[0])
         return moved
 
     async def _history(self, event: str) -> None:
-        await self.client.xadd(
-            self.keys.task_history, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
+        try:
+            await self.client.xadd(
+                self.keys.task_history, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
+            )
+        except ResponseError as exc:
+            self._history_refused(exc)
+
+    def _history_refused(self, error: ResponseError) -> None:
+        # The transition is applied already: raising would tell the caller it was not
+        # (a client's submit would stop before queueing its run, a retry would find it
+        # rejected). A key of the wrong type there is anyone's write away.
+        log.error(
+            "%s; the transition is applied but missing from the history",
+            describe_reply(self.keys.task_history, error),
         )
 
     async def update(self, task_id: str, fields: Mapping[str, object]) -> None:

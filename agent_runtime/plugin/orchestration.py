@@ -38,8 +38,15 @@ from google.adk.sessions.base_session_service import BaseSessionService
 from google.adk.tools.base_tool import BaseTool
 from google.adk.tools.tool_context import ToolContext
 from google.genai import types
+from redis.exceptions import ResponseError
 
-from ..redis_connection import REDIS_ERRORS, connect
+from ..redis_connection import (
+    REDIS_ERRORS,
+    WrongTypeError,
+    connect,
+    describe_reply,
+    wrong_type,
+)
 from ..run_spec import TASK_ENV
 from ..sessions.sealing import seal_task_session
 from ..task_store import TaskState, TaskStore, parse_abort_payload
@@ -225,7 +232,12 @@ class RedisOrchestrationPlugin(BasePlugin):
         try:
             recovered = await recover_dead(store, self.owner)
         except REDIS_ERRORS as exc:
-            log.warning("crash recovery skipped: Redis unreachable (%s)", exc)
+            if wrong_type(exc):  # the running index: recovery moves nothing until it is fixed
+                log.error(
+                    "crash recovery skipped: %s", describe_reply(store.keys.plugin_running, exc)
+                )
+            else:
+                log.warning("crash recovery skipped: Redis unreachable (%s)", exc)
             return []
         if self.session_service is not None:
             for task in recovered:
@@ -348,7 +360,13 @@ class RedisOrchestrationPlugin(BasePlugin):
         # never a `running` record nobody can recover. HSETNX: a caller may reuse a
         # task id that a live invocation (here or elsewhere) holds; that one keeps it.
         index = store.keys.plugin_running
-        if not await store.client.hsetnx(index, inv.task_id, self.owner):
+        try:
+            taken = await store.client.hsetnx(index, inv.task_id, self.owner)
+        except ResponseError as exc:
+            if wrong_type(exc):
+                raise WrongTypeError(describe_reply(index, exc)) from None
+            raise
+        if not taken:
             inv.foreign = True
             log.warning(
                 "task %s is already running in another invocation: this invocation "

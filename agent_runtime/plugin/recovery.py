@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from ..keys import KeySchema
-from ..redis_connection import REDIS_ERRORS, as_text
+from ..redis_connection import REDIS_ERRORS, as_text, wrong_type
 from ..task_store import TaskState, TaskStore
 from ._tasks import stop_task
 
@@ -166,12 +167,20 @@ async def recover_dead(store: TaskStore, me: str) -> list[RecoveredTask]:
             continue
         reason = f"recovered: process {owner} stopped heartbeating while running the task"
         for task_id in by_owner[owner]:
-            moved = await store.transition(
-                task_id,
-                TaskState.FAILED,
-                {"reason": reason, "recovered_by": me},
-                allowed_from=(TaskState.RUNNING,),
-            )
+            try:
+                moved = await store.transition(
+                    task_id,
+                    TaskState.FAILED,
+                    {"reason": reason, "recovered_by": me},
+                    allowed_from=(TaskState.RUNNING,),
+                )
+            except ResponseError as exc:
+                if not wrong_type(exc):
+                    raise
+                # Left alone (and its entry dropped below): retried, it would stop every
+                # pass here, before the tasks of every owner after it.
+                log.error("crash recovery: %s; its index entry is dropped", exc)
+                continue
             if moved.applied:
                 recovered.append(RecoveredTask(task_id, owner, reason))
                 log.warning("task %s failed by crash recovery: %s", task_id, reason)

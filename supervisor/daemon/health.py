@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeGuard
 
 import anyio
 import redis.asyncio as aioredis
@@ -23,7 +24,7 @@ from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from agent_runtime.keys import KeySchema
-from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply
+from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply, wrong_type
 
 from ..errors import NodeIdInUse
 from ..ops.sd_notify import SdNotifier, watchdog_interval
@@ -81,14 +82,26 @@ class Health:
         another host's heartbeat counts until it expires, as nothing here can tell
         whether that daemon still runs.
         """
-        raw = await self._client.get(self._keys.node_heartbeat(self._node_id))
+        key = self._keys.node_heartbeat(self._node_id)
+        try:
+            raw = await self._client.get(key)
+        except ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+            log.error(
+                "%s; not a daemon's heartbeat, so nobody to collide with", describe_reply(key, exc)
+            )
+            return
         if raw is None:
             return
         try:
             owner = json.loads(raw).get("owner")
         except (ValueError, RecursionError, AttributeError):
-            return  # not a daemon's heartbeat: nobody to collide with
-        if isinstance(owner, dict) and _live_elsewhere(owner, self._owner):
+            owner = None
+        if not _well_formed(owner):
+            log.warning("%s is not a daemon's heartbeat (%r): ignored", key, raw[:80])
+            return
+        if _live_elsewhere(owner, self._owner):
             raise NodeIdInUse(
                 f"node_id {self._node_id} is in use by another live daemon (pid "
                 f"{owner.get('pid')} on {owner.get('host')}, state_dir {owner.get('state_dir')}); "
@@ -148,6 +161,17 @@ class Health:
             await anyio.sleep(interval)
 
 
+def _well_formed(owner: object) -> TypeGuard[dict[str, object]]:
+    """Whether a heartbeat's owner has the shape a daemon writes: anything else is garbage,
+    and garbage must not keep this daemon from starting (``{}`` names no host, so another)."""
+    return (
+        isinstance(owner, dict)
+        and isinstance(owner.get("host"), str)
+        and isinstance(owner.get("boot_id"), str)
+        and type(owner.get("pid")) is int
+    )
+
+
 def _live_elsewhere(theirs: dict[str, object], ours: dict[str, object]) -> bool:
     """Whether a heartbeat's owner may be another daemon that still runs."""
     if theirs.get("host") != ours.get("host"):
@@ -157,4 +181,5 @@ def _live_elsewhere(theirs: dict[str, object], ours: dict[str, object]) -> bool:
     pid = theirs.get("pid")
     if not isinstance(pid, int) or pid == ours.get("pid"):
         return False
-    return process_start_ticks(pid) == theirs.get("start_ticks")
+    ticks = process_start_ticks(pid)  # None for a gone PID, or one no process can have
+    return ticks is not None and ticks == theirs.get("start_ticks")

@@ -22,7 +22,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from redis.exceptions import ResponseError
 
 from agent_runtime.keys import RUNS_GROUP, KeySchema
-from agent_runtime.redis_connection import REDIS_ERRORS, as_text
+from agent_runtime.redis_connection import REDIS_ERRORS, as_text, describe_reply, wrong_type
 
 __all__ = ["Entry", "Intake"]
 
@@ -149,7 +149,8 @@ class Intake:
                 await self._client.xack(self._stream, RUNS_GROUP, entry_id)
                 return None, entry_id
         except REDIS_ERRORS as exc:
-            log.warning("cannot read runs (%s); retrying", exc)
+            why = describe_reply(self._stream, exc) if isinstance(exc, ResponseError) else exc
+            log.warning("cannot read runs (%s); retrying", why)
             if "NOGROUP" in str(exc):  # Redis's own error text: the stream or group was deleted
                 with contextlib.suppress(*REDIS_ERRORS):
                     await self.ensure_group()
@@ -162,6 +163,12 @@ class Intake:
         try:
             await self._handler(entry)
         except REDIS_ERRORS as exc:
+            if wrong_type(exc):
+                # No outage: the key stays so, and the entry would come back every second.
+                log.error("run %r dropped: %s", entry.id, exc)
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await entry.ack()
+                return
             # Before the spawn every step is a Redis call; the entry is not acknowledged
             # yet, so it stays pending here and is read again once Redis answers.
             log.warning("run %r: Redis failed while starting it (%s); retrying", entry.id, exc)

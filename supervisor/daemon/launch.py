@@ -260,7 +260,7 @@ class Launcher:
             "session_id": request.session_id,
             "started_at": repr(time.time()),
         }
-        added = await self._store.client.sadd(self._node_tasks, task_id)
+        added = await self._recorder.track(task_id)
         moved = await self._store.transition(task_id, TaskState.STARTING, starting)
         if moved.missing:
             moved = await self._store.create(task_id, TaskState.STARTING, starting)

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
 
 from agent_runtime.keys import RUNS_GROUP
-from agent_runtime.redis_connection import REDIS_ERRORS, as_text
+from agent_runtime.redis_connection import REDIS_ERRORS, as_text, describe_reply, wrong_type
 from agent_runtime.task_store import LIVE_STATES, TaskStore
 
 __all__ = ["PeerWatch", "Takeover"]
@@ -87,11 +88,17 @@ class PeerWatch:
     async def sweep(self) -> list[Takeover]:
         """One look at every peer; takes over those gone for ``dead_after_s``."""
         client = self.store.client
-        peers = sorted(
-            node
-            for node in map(as_text, await client.smembers(self.keys.nodes))
-            if node != self.node_id
-        )
+        peers = []
+        for member in await client.smembers(self.keys.nodes):
+            node = as_text(member)
+            if isinstance(member, bytes) and node.encode() != member:
+                # Not UTF-8, so no daemon's node id: taken over, it would stay in the
+                # registry (its text is another member) and be taken over again for ever.
+                log.warning("%s: member %r is no node id; removed", self.keys.nodes, member[:80])
+                await client.srem(self.keys.nodes, member)
+            elif node != self.node_id:
+                peers.append(node)
+        peers.sort()
         if not peers:
             return []
         async with client.pipeline(transaction=False) as pipe:
@@ -106,14 +113,28 @@ class PeerWatch:
                 continue
             since = self._missing_since.setdefault(node, now)
             if now - since >= self.dead_after_s:
-                done.append(await self._take_over(node, now - since))
+                try:
+                    done.append(await self._take_over(node, now - since))
+                except ResponseError as exc:
+                    # An error reply about one gone peer must not keep the peers after it
+                    # from ever being taken over.
+                    log.error(
+                        "cannot take over node %s (%s); retrying at the next sweep", node, exc
+                    )
+                    continue
                 self._missing_since.pop(node, None)
         return done
 
     async def _take_over(self, node: str, missing_s: float) -> Takeover:
         client = self.store.client
         tasks_key = self.keys.node_tasks(node)
-        task_ids = sorted(map(as_text, await client.smembers(tasks_key)))
+        try:
+            task_ids = sorted(map(as_text, await client.smembers(tasks_key)))
+        except ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+            log.error("node %s: %s; its runs are not failed", node, describe_reply(tasks_key, exc))
+            task_ids = []
         records = await self.store.fields_many(task_ids, ("state", "node_id"))
         reason = (
             f"orphaned: node {node} stopped heartbeating (no supervisor seen for "

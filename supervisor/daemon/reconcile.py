@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Mapping
@@ -75,12 +76,15 @@ def _our_run_leader(task_id: str, ticks: int, pid: int) -> bool:
     )
 
 
-def _int(value: str | None) -> int:
-    # Redis content is untrusted: a field that is no number names no process.
-    try:
-        return int(value or 0)
-    except ValueError:
+def _int(value: str | None) -> int | None:
+    """A number field of a record (0 if absent); None if it is no decimal integer.
+
+    Redis content is untrusted, and ``int()`` takes more than a daemon ever writes
+    (``" 4_2 "``, other scripts' digits).
+    """
+    if not value:
         return 0
+    return int(value) if re.fullmatch(r"-?[0-9]{1,20}", value) else None
 
 
 async def reconcile_node(
@@ -104,6 +108,9 @@ async def reconcile_node(
         ticks = _int(record.get("start_ticks"))
         if record.get("boot_id") != boot:
             reason = "orphaned: the node rebooted since the run started"
+        elif pid is None or ticks is None:
+            name = "pid" if pid is None else "start_ticks"
+            reason = f"orphaned: malformed {name} {record[name][:40]!r} in its record"
         elif pid <= 0:
             reason = "orphaned: the supervisor died while starting the run"
         elif (now_ticks := process_start_ticks(pid)) != ticks:

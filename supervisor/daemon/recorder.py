@@ -13,8 +13,9 @@ from collections import deque
 
 import anyio
 from anyio.abc import TaskStatus
+from redis.exceptions import ResponseError
 
-from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply, wrong_type
 from agent_runtime.task_store import TaskState, TaskStore
 
 __all__ = ["Recorder"]
@@ -54,6 +55,24 @@ class Recorder:
             self._empty = anyio.Event()
         self._wake.set()
 
+    async def track(self, task_id: str) -> bool:
+        """Adds a run to this node's task set (what reconcile and peers read); True if added.
+
+        A set of the wrong type (anyone can write one) is logged and the run goes on:
+        the set only lets a restart or a peer find the run, should this daemon die.
+        """
+        try:
+            return bool(await self._store.client.sadd(self._node_tasks_key, task_id))
+        except ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+            log.error(
+                "task %s: %s; a crash would leave it to no reconcile",
+                task_id,
+                describe_reply(self._node_tasks_key, exc),
+            )
+            return False
+
     async def wait_flushed(self, timeout_s: float) -> bool:
         """Waits up to ``timeout_s`` for the outbox to empty; True if it did."""
         with anyio.move_on_after(timeout_s):
@@ -78,8 +97,22 @@ class Recorder:
             self._empty.set()
 
     async def _write(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
-        result = await self._store.transition(task_id, state, fields)
+        # A key of the wrong type (anyone can write one) is no outage: retried, it would
+        # hold every later transition of every run behind it for good.
+        try:
+            result = await self._store.transition(task_id, state, fields)
+        except ResponseError as exc:
+            if not wrong_type(exc):
+                raise
+            key = self._store.keys.task(task_id)
+            log.error("task %s: %s not recorded: %s", task_id, state, describe_reply(key, exc))
+        else:
+            if not result.applied:
+                log.info("task %s: %s not recorded, already %s", task_id, state, result.previous)
         if state.terminal:
-            await self._store.client.srem(self._node_tasks_key, task_id)
-        if not result.applied:
-            log.info("task %s: %s not recorded, already %s", task_id, state, result.previous)
+            try:
+                await self._store.client.srem(self._node_tasks_key, task_id)
+            except ResponseError as exc:
+                if not wrong_type(exc):
+                    raise
+                log.error("task %s: %s", task_id, describe_reply(self._node_tasks_key, exc))
