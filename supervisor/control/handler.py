@@ -41,7 +41,7 @@ class ControlledNode(Protocol):
     def drain(self) -> int:
         """Stops taking runs; returns how many run on."""
 
-    def status_snapshot(self) -> dict[str, Any]:
+    async def status_snapshot(self) -> dict[str, Any]:
         """What ``status`` answers."""
 
 
@@ -90,7 +90,7 @@ class ControlHandler:
                 "key_prefix": sup.store.key_prefix,
             }
         if cmd == "status":
-            return sup.status_snapshot()
+            return await sup.status_snapshot()
         if cmd == "get":
             task_id = _text(request, "task_id")
             assert task_id is not None

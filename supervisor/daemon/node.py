@@ -331,9 +331,9 @@ class Supervisor:
         mode = ", draining" if self.draining else ""
         return f"{len(self.runs)} running, {done} finished, {redis}{mode}"
 
-    def status_snapshot(self) -> dict[str, Any]:
+    async def status_snapshot(self) -> dict[str, Any]:
         """What ``adk-supervisor status`` shows: node, health, counts and every running run."""
-        rows = run_rows(self.runs, self.settings.apps)
+        rows = await run_rows(self.runs, self.settings.apps)
         return {
             "node_id": self.node_id,
             "version": package_version(),
