@@ -46,6 +46,7 @@ verify-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/session_bench.py
+	$(BIN)/python bench/seal_bench.py
 	$(BIN)/python bench/abort_latency.py
 	$(BIN)/python bench/abort_latency.py --mechanism pgroup
 	$(BIN)/python bench/abort_under_load.py --mechanism pgroup

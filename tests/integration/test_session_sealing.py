@@ -79,6 +79,39 @@ async def test_seal_answers_dangling_calls_once_and_is_idempotent(
     )
 
 
+@pytest.mark.parametrize("given", [True, False])
+async def test_seal_finds_a_call_made_long_before_the_end_of_a_long_invocation(
+    sessions: RedisSessionService, given: bool
+) -> None:
+    # Sealing reads the session's tail only; a call 300 events back into the killed
+    # invocation (behind 200 events of earlier turns) must still be answered.
+    session = await sessions.create_session(app_name="a", user_id="u", session_id="long")
+    for i in range(200):
+        text = types.Content(role="model", parts=[types.Part(text=f"old {i}")])
+        await sessions.append_event(session, Event(invocation_id="inv-0", author="a", content=text))
+    await sessions.append_event(session, _call_event("inv-1"))
+    for i in range(300):
+        text = types.Content(role="model", parts=[types.Part(text=f"thinking {i}")])
+        await sessions.append_event(session, Event(invocation_id="inv-1", author="a", content=text))
+    sealed = await seal_session(
+        sessions,
+        app_name="a",
+        user_id="u",
+        session_id="long",
+        reason="killed",
+        invocation_id="inv-1" if given else None,
+    )
+    answers = [r.id for e in sealed for r in e.get_function_responses()]
+    assert answers == ["call-1"]
+    assert sealed[-1].content is None and sealed[-1].invocation_id == "inv-1"
+    again = await seal_session(
+        sessions, app_name="a", user_id="u", session_id="long", reason="killed"
+    )
+    assert again == []
+    stored = await sessions.get_session(app_name="a", user_id="u", session_id="long")
+    assert stored is not None and len(stored.events) == 503
+
+
 async def test_task_without_an_invocation_id_leaves_the_previous_turn_alone(
     sessions: RedisSessionService,
 ) -> None:
