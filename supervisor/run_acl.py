@@ -62,6 +62,7 @@ RUN_COMMANDS: Final = (
     "zrem",
     "zrange",
     "zrangebyscore",
+    "zscan",
     "exists",
     "del",
     "pttl",
@@ -145,8 +146,11 @@ def run_rules(
     ]
 
 
-def shared_rules(key_prefix: str, *, optional: bool = True) -> list[str]:
-    """The rules an operator gives the one user of every run (``run_redis_url``), password aside."""
+def shared_rules(key_prefix: str, *, optional: bool = False) -> list[str]:
+    """The rules an operator gives the one user of every run (``run_redis_url``), password aside.
+
+    Without :data:`OPTIONAL_RUN_COMMANDS` by default, so the line works on any Redis 6.2+.
+    """
     return [
         "on",
         "resetchannels",
@@ -188,7 +192,8 @@ def explain_run_credentials(
             "every run connects with run_redis_url; that user should be confined to the "
             "sessions and the task records, for example:",
             f"  {shared}",
-            "(any run can then still write every task record and every app's sessions)",
+            "(on Redis 7.2+ add +client|setinfo, or each connection leaves an ACL LOG entry; "
+            "any run can still write every task record and every app's sessions)",
         ]
     per_run = (
         "each run gets an ACL user of its own (<key_prefix>run:<node_id>:<task_id>), created "

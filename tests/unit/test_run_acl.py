@@ -1,0 +1,67 @@
+"""The ACL rules of runs and the URLs runs get (pure: no Redis)."""
+
+from __future__ import annotations
+
+from redis.connection import parse_url
+
+from supervisor.run_acl import (
+    RUN_COMMANDS,
+    acl_glob_escape,
+    explain_run_credentials,
+    password_hash,
+    run_key_patterns,
+    run_rules,
+    run_user_name,
+    shared_rules,
+    with_credentials,
+)
+
+
+def test_a_run_is_confined_to_its_app_sessions_and_its_own_record() -> None:
+    assert run_key_patterns("adk:", "t-1", "weather") == ["~adk:{weather}:*", "~adk:task:t-1"]
+    # An import path: the daemon cannot know the ADK name, so every app's sessions.
+    assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*", "~adk:task:t-1"]
+
+
+def test_glob_characters_in_a_prefix_or_app_match_only_themselves() -> None:
+    assert acl_glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
+    assert run_key_patterns("x*:", "t", "app") == ["~x\\*:{app}:*", "~x\\*:task:t"]
+    # App names are percent-encoded in keys: "{", "}" and ":" cannot move the hash tag.
+    assert run_key_patterns("adk:", "t", "a}b")[0] == "~adk:{a%7Db}:*"
+
+
+def test_rules_start_from_nothing_and_carry_only_the_password_hash() -> None:
+    rules = run_rules("adk:", "t", "app", "s3cret", optional=False)
+    assert rules[:4] == ["reset", "on", f"#{password_hash('s3cret')}", "resetchannels"]
+    assert "s3cret" not in " ".join(rules)
+    assert rules[rules.index("-@all") + 1 :] == [f"+{c}" for c in RUN_COMMANDS]
+    assert "+client|setinfo" in run_rules("adk:", "t", "app", "p")
+    assert not any(r.startswith("&") for r in rules), "no channel, so no PUBLISH of an abort"
+
+
+def test_commands_that_reach_beyond_the_run_are_not_granted() -> None:
+    for command in ("set", "publish", "xadd", "sadd", "eval", "keys", "scan", "flushall"):
+        assert command not in RUN_COMMANDS
+
+
+def test_shared_rules_cover_every_session_and_task_record() -> None:
+    rules = shared_rules("adk:")
+    assert "~adk:{*" in rules and "~adk:task:*" in rules and "resetchannels" in rules
+
+
+def test_run_urls_carry_the_run_user_and_keep_the_rest() -> None:
+    name = run_user_name("adk:", "node-1", "t:1")
+    url = with_credentials("redis://daemon:pw@redis.example:6380/2?ssl_cert_reqs=none", name, "p")
+    parsed = parse_url(url)
+    assert parsed["username"] == "adk:run:node-1:t:1" and parsed["password"] == "p"
+    assert parsed["host"] == "redis.example" and parsed["port"] == 6380 and parsed["db"] == 2
+    unix = parse_url(with_credentials("unix:///run/r.sock?db=1&password=x", name, "p"))
+    assert unix["path"] == "/run/r.sock" and unix["password"] == "p" and unix["db"] == 1
+
+
+def test_explanations_name_what_each_mode_means() -> None:
+    assert "daemon's own" in explain_run_credentials("daemon", "adk:", None)[0]
+    assert "refuses to start" in explain_run_credentials("per_run", "adk:", None)[0]
+    assert explain_run_credentials("auto", "adk:", None)[0].startswith("auto: each run")
+    shared = explain_run_credentials("auto", "adk:", "redis://u:p@h")
+    assert "run_redis_url" in shared[0] and "ACL SETUSER" in shared[1]
