@@ -49,7 +49,7 @@ from google.genai import types
 
 from .app_loader import load_app
 from .child import execute
-from .process_control import join_cgroup, set_parent_death_signal
+from .process_control import enter_limits, join_cgroup, set_parent_death_signal
 from .run_spec import PRELOAD_ENV, SERVER_FD, TASK_ENV, RunSpec
 from .sessions import service  # noqa: F401  (preloaded for every run)
 
@@ -129,6 +129,7 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tu
                 os.close(read_end)
                 if cgroup:
                     join_cgroup(cgroup)
+                enter_limits(request.get("limit_cgroups", []), request.get("rlimits", []))
                 me = os.getpid()
                 if os.fork() == 0:
                     try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-__all__ = ["join_cgroup", "set_child_subreaper", "set_parent_death_signal"]
+__all__ = ["enter_limits", "join_cgroup", "set_child_subreaper", "set_parent_death_signal"]
 
 _PR_SET_PDEATHSIG: Final = 1
 _PR_SET_CHILD_SUBREAPER: Final = 36
@@ -42,3 +44,12 @@ def join_cgroup(cgroup: Path | str) -> None:
         os.write(fd, b"0")
     finally:
         os.close(fd)
+
+
+def enter_limits(cgroups: Sequence[Path | str], rlimits: Sequence[Sequence[int]]) -> None:
+    """Joins the run's resource-limit cgroups and sets its rlimits (between fork and exec,
+    or in the fork server's intermediate), so the run's own code starts under them."""
+    for group in cgroups:
+        join_cgroup(group)
+    for limit, value in rlimits:
+        resource.setrlimit(limit, (value, value))

@@ -15,7 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -33,6 +41,7 @@ from .paths import (
     find_config_path,
     socket_path_for,
 )
+from .process.limits import RunLimits
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -44,6 +53,22 @@ __all__ = [
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+
+
+class AppLimits(BaseModel):
+    """The options of an ``[apps.<name>]`` table besides ``ref``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    memory_max: ByteSize | None = None
+    pids_max: int | None = Field(default=None, ge=1)
+    cpu_max: float | None = Field(default=None, gt=0)
+
+    def limits(self) -> RunLimits:
+        """As run limits (unset ones fall back to the top-level defaults)."""
+        return RunLimits(
+            None if self.memory_max is None else int(self.memory_max), self.pids_max, self.cpu_max
+        )
 
 
 class Settings(BaseSettings):
@@ -78,7 +103,40 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     allow_import_paths: bool = False
+    memory_max: ByteSize | None = None
+    pids_max: int | None = Field(default=None, ge=1)
+    cpu_max: float | None = Field(default=None, gt=0)
     apps: dict[str, str] = Field(default_factory=dict)
+    app_limits: dict[str, AppLimits] = Field(default_factory=dict)
+    """Per-app limits, written as ``[apps.<name>]`` tables (moved here on load)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _app_tables(cls, data: Any) -> Any:
+        # [apps] takes `name = "module:attr"` or a table `[apps.name]` with `ref` and
+        # options; the tables' options are kept apart so `apps` stays name -> ref.
+        if not isinstance(data, dict) or not isinstance(data.get("apps"), dict):
+            return data
+        apps: dict[str, Any] = {}
+        limits: dict[str, Any] = dict(data.get("app_limits") or {})
+        for name, value in data["apps"].items():
+            if isinstance(value, dict):
+                options = dict(value)
+                apps[name] = options.pop("ref", None)
+                if apps[name] is None:
+                    raise ValueError(f'[apps.{name}] needs ref = "package.module:attribute"')
+                limits[name] = options
+            else:
+                apps[name] = value
+        return {**data, "apps": apps, "app_limits": limits}
+
+    def limits_for(self, app: str) -> RunLimits:
+        """The limits of a run of ``app`` (an [apps] name or an import path)."""
+        defaults = RunLimits(
+            None if self.memory_max is None else int(self.memory_max), self.pids_max, self.cpu_max
+        )
+        own = self.app_limits.get(app)
+        return defaults if own is None else own.limits().over(defaults)
 
     @field_validator("redis_url", "run_redis_url")
     @classmethod

@@ -28,6 +28,7 @@ from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, par
 from ..config import Settings
 from ..process.containment import Containment
 from ..process.identity import process_start_ticks
+from ..process.limits import Limiter
 from ..process.spawners import Spawner
 from .aborts import AbortListener
 from .admission import Rejected, RunRequest, admit
@@ -66,6 +67,7 @@ class Launcher:
         runs: RunTable,
         reaper: Reaper,
         containment: Containment,
+        limiter: Limiter,
         spawner: Spawner,
         aborts: AbortListener,
         sealer: Sealer,
@@ -81,6 +83,7 @@ class Launcher:
         self._runs = runs
         self._reaper = reaper
         self._containment = containment
+        self._limiter = limiter
         self._spawner = spawner
         self._aborts = aborts
         self._sealer = sealer
@@ -177,6 +180,13 @@ class Launcher:
         # if Redis had failed, which would leave the record `starting` for good.
         try:
             container = self._containment.prepare(task_id)
+            try:
+                limits = self._settings.limits_for(request.app)
+                container.limits = self._limiter.prepare(task_id, limits, container.cgroup)
+            except OSError:
+                self._limiter.release(task_id)
+                self._containment.release(container)
+                raise
         except OSError as exc:
             log.error("task %s: cannot prepare its container: %s", task_id, exc)
             await self._recorder.record(
@@ -188,6 +198,7 @@ class Launcher:
                 pid = await self._spawner.spawn(spec, container, self._log_dir / f"{task_id}.log")
             except (OSError, ValueError) as exc:
                 self._runs.discard(container)
+                self._limiter.release(task_id)
                 log.error("task %s: spawn failed: %s", task_id, exc)
                 await self._recorder.record(
                     task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"}
@@ -289,12 +300,16 @@ class Launcher:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._announce, run)
                 gone = await self._runs.watch(run)
+            # Read before the groups go: what the limits did (OOM kills, refused forks).
+            verdict = self._limiter.verdict(run.task_id, run.container.limits, run.container.cgroup)
+            self._containment.release(run.container)
+            self._limiter.release(run.task_id)
             error = ""
             if ended_badly(run.exit, run.kill):
                 with contextlib.suppress(*REDIS_ERRORS):
                     record = await self._store.get(run.task_id)
                     error = (record or {}).get("error", "")
-            state, fields = outcome(run.exit, run.kill, error)
+            state, fields = outcome(run.exit, run.kill, error, verdict)
             self.finished[state.value] += 1
             duration = gone - run.started
             fields["duration_s"] = f"{duration:.3f}"

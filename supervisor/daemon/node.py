@@ -29,8 +29,9 @@ from ..config import Settings
 from ..control.handler import ControlHandler
 from ..control.server import StatusSocketServer
 from ..ops.sd_notify import SdNotifier
-from ..process.containment import choose_containment
+from ..process.containment import CgroupContainment, choose_containment
 from ..process.identity import boot_id, process_start_ticks
+from ..process.limits import Limiter
 from ..process.spawners import ExecSpawner, ForkServerSpawner, Spawner
 from .aborts import AbortListener
 from .admission import resolve_app
@@ -84,6 +85,10 @@ class Supervisor:
             else ExecSpawner(self.spec_dir)
         )
         self.containment = choose_containment(settings.kill_mechanism, self.node_id)
+        self.limiter = Limiter(
+            self.node_id,
+            self.containment.root if isinstance(self.containment, CgroupContainment) else None,
+        )
         self._identity = NodeIdentity(self.node_id, boot_id(), self.redis_url)
         self._stopping = anyio.Event()
 
@@ -111,6 +116,7 @@ class Supervisor:
             runs=self.runs,
             reaper=self.reaper,
             containment=self.containment,
+            limiter=self.limiter,
             spawner=self.spawner,
             aborts=self.aborts,
             sealer=self.sealer,
@@ -156,8 +162,10 @@ class Supervisor:
             self.spawner.name,
             self.settings.max_concurrent_runs,
         )
+        self._log_limits()
         try:
             report = await self._join()
+            self.limiter.sweep()  # groups of runs a crashed daemon left (reconcile ended them)
             async with anyio.create_task_group() as tg:
                 await tg.start(self.reaper.run)
                 await tg.start(self.containment.follow)
@@ -180,8 +188,23 @@ class Supervisor:
             self.spawner.close()
             if self.stopping:  # a clean stop: every run is gone (not so after a failed start)
                 self.containment.close()
+                self.limiter.close()
             with anyio.CancelScope(shield=True):
                 await self.client.aclose()
+
+    def _log_limits(self) -> None:
+        log.info("resource limits: %s", self.limiter.describe())
+        configured = {"every run": self.settings.limits_for("")} | {
+            f"app {name}": self.settings.limits_for(name) for name in self.settings.app_limits
+        }
+        for who, limits in configured.items():
+            if missing := self.limiter.unenforced(limits):
+                log.warning(
+                    "%s: %s set but not enforced on this host (no cgroup controller for it; "
+                    "see the README's resource limits)",
+                    who,
+                    ", ".join(missing),
+                )
 
     def stop(self) -> None:
         """Asks :meth:`serve` to kill its runs, record them and return."""

@@ -30,7 +30,10 @@ def ended_badly(exit_status: ExitStatus | None, kill: KillOrder | None) -> bool:
 
 
 def outcome(
-    exit_status: ExitStatus | None, kill: KillOrder | None, error: str = ""
+    exit_status: ExitStatus | None,
+    kill: KillOrder | None,
+    error: str = "",
+    limit_hit: str | None = None,
 ) -> tuple[TaskState, dict[str, object]]:
     """The terminal state and record fields of a run.
 
@@ -40,9 +43,13 @@ def outcome(
     leader sent only SIGKILL that still *exited* did so before the kill landed,
     and that exit stands. Otherwise exit 0 is ``completed`` and anything else
     ``failed``, with ``error`` (what the run wrote to its record) in the reason.
+    ``limit_hit`` (what the run's resource limits did: an OOM kill, refused forks)
+    is kept in its own field and leads the reason of a run that failed on its own.
     """
     status = exit_status.status if exit_status is not None else 0
     fields: dict[str, object] = {}
+    if limit_hit:
+        fields["limit_hit"] = limit_hit
     if exit_status is not None and exit_status.rusage is not None:
         usage = exit_status.rusage
         fields["cpu_s"] = f"{usage.ru_utime + usage.ru_stime:.3f}"
@@ -65,4 +72,6 @@ def outcome(
     else:
         reason = f"exit code {fields.get('exit_code')}"
     fields["reason"] = f"{reason}: {error}" if error else reason
+    if limit_hit:
+        fields["reason"] = f"{limit_hit} ({fields['reason']})"
     return TaskState.FAILED, fields

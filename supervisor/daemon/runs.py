@@ -214,7 +214,8 @@ class RunTable:
     async def watch(self, run: ActiveRun) -> float:
         """Waits for the run's end (exit, kill or deadline) and its whole tree to be gone.
 
-        Returns the monotonic time the tree was gone; the container is released.
+        Returns the monotonic time the tree was gone; the caller releases the container
+        (after reading what the run's limits did to it).
         """
         with anyio.move_on_at(math.inf if run.deadline is None else run.deadline):
             await run.exited_or_killed.wait()
@@ -223,9 +224,7 @@ class RunTable:
             self._kill(run, TaskState.TIMED_OUT, f"timed out after {limit:g}s")
         await self._ensure_tree_gone(run)
         await run.exited.wait()
-        gone = time.monotonic()
-        self._containment.release(run.container)
-        return gone
+        return time.monotonic()
 
     async def _ensure_tree_gone(self, run: ActiveRun) -> None:
         if run.kill is not None and self._grace_s > 0:

@@ -22,18 +22,19 @@ import errno
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
 
-from agent_runtime.process_control import join_cgroup
+from agent_runtime.process_control import enter_limits, join_cgroup
 
 from ..errors import ContainmentError
 from ._proc_events import EventsLost, ProcEvents, open_events
 from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carrying, inside, signal_proven, started_at
+from .limits import AppliedLimits
 from .lineage import Lineage
 from .tree import marked_descendants, run_marker
 
@@ -73,15 +74,17 @@ def find_writable_cgroup2() -> Path | None:
 
 @dataclass(slots=True)
 class RunContainer:
-    """The containment of one run, created before it is spawned."""
+    """The containment of one run, created before it is spawned, with its resource limits."""
 
     task_id: str
     cgroup: Path | None = None
+    limits: AppliedLimits = field(default_factory=AppliedLimits)
 
     def preexec(self) -> None:
-        """In the forked child, before exec: join the run's cgroup leaf."""
+        """In the forked child, before exec: join the run's cgroups, set its rlimits."""
         if self.cgroup is not None:
             join_cgroup(self.cgroup)
+        enter_limits(self.limits.cgroups, self.limits.rlimits)
 
     def adopt(self, pid: int) -> None:
         """From the daemon: move ``pid`` into the run's cgroup leaf (no-op if it is there)."""

@@ -213,6 +213,8 @@ class ForkServerSpawner:
                 "task_id": spec.task_id,
                 "spec_path": str(spec_path(self.spec_dir, spec.task_id)),
                 "cgroup": str(container.cgroup) if container.cgroup else None,
+                "limit_cgroups": [str(group) for group in container.limits.cgroups],
+                "rlimits": [list(pair) for pair in container.limits.rlimits],
                 "log": str(log_path),
             }
         ).encode()

@@ -76,3 +76,15 @@ def test_signals_without_a_name_of_their_own_are_named_by_number() -> None:
     assert signal_name(signal.SIGRTMIN + 6) == f"SIG{signal.SIGRTMIN + 6}"
     _, fields = outcome(_signalled(signal.SIGRTMIN + 6), None)
     assert fields["signal"] == f"SIG{signal.SIGRTMIN + 6}"
+
+
+def test_a_limit_the_run_hit_leads_the_reason_of_its_own_failure() -> None:
+    oom = "out of memory: the kernel killed 1 process(es) of the run at memory_max=100 bytes"
+    state, fields = outcome(_signalled(signal.SIGKILL), None, "", oom)
+    assert state is TaskState.FAILED and fields["limit_hit"] == oom
+    assert fields["reason"] == f"{oom} (killed by SIGKILL (not sent by the supervisor))"
+    # Our own kill keeps its reason; the limit is still on the record.
+    kill = KillOrder(TaskState.ABORTED, "enough", 0.0, [signal.SIGKILL])
+    state, fields = outcome(_signalled(signal.SIGKILL), kill, "", "pids_max=4 reached")
+    assert state is TaskState.ABORTED and fields["reason"] == "enough"
+    assert fields["limit_hit"] == "pids_max=4 reached"
