@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest verify-unit bench clean
+.PHONY: run test lint typecheck pytest verify-unit host-tools bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
@@ -28,8 +28,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy agent_runtime supervisor
 
-pytest: $(STAMP)
+pytest: $(STAMP) host-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/system boots Debian's systemd in a systemd-nspawn container built with
+# debootstrap. As root with apt-get, they are installed when missing; otherwise the
+# test fails saying what to install.
+HOST_TOOLS_PKGS := debootstrap systemd-container
+host-tools:
+	@if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing $(HOST_TOOLS_PKGS) (for tests/system)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(HOST_TOOLS_PKGS) \
+				|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+					apt-get install -y -q --no-install-recommends $(HOST_TOOLS_PKGS); }; \
+		else \
+			echo "tests/system needs $(HOST_TOOLS_PKGS): apt-get install -y --no-install-recommends $(HOST_TOOLS_PKGS) (as root)"; \
+		fi; \
+	fi
 
 # systemd-analyze checks the unit file (with ExecStart pointed at this checkout's binary,
 # since /opt/adk-supervisor does not exist here). Without systemd's tools it says so.

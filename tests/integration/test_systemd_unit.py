@@ -32,6 +32,9 @@ def test_unit_matches_the_daemon() -> None:
         "PrivateTmp": "yes",
         "RuntimeDirectory": "adk-supervisor",
         "StateDirectory": "adk-supervisor",
+        # Not root: a user of its own, handed the service's cgroup by Delegate=yes.
+        "User": "adk-supervisor",
+        "Group": "adk-supervisor",
     }
     for key, value in expected.items():
         assert d.get(key) == [value], key
