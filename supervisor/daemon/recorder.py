@@ -9,6 +9,7 @@ records to the next reconcile (which fails them as orphaned).
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 
 import anyio
@@ -44,6 +45,9 @@ class Recorder:
     async def record(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
         """Writes a transition now, or keeps it in order until Redis is back. Never raises
         for Redis trouble."""
+        if state.terminal:
+            # When it ended, not when Redis took it: the outbox may hold it for minutes.
+            fields = {"ended_at": repr(time.time()), **fields}
         if not self._outbox:
             try:
                 await self._write(task_id, state, fields)
