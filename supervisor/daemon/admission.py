@@ -2,7 +2,10 @@
 
 Everything in a stream entry is untrusted (anyone who can XADD wrote it): each
 field is checked here, and a rejection says what is wrong and whether the entry
-named a task whose ``queued`` record should be failed with that reason.
+named a task whose ``queued`` record should be failed with that reason. An
+untrusted value quoted in a rejection is cut to its first
+:data:`QUOTED_CHARS` characters: the message goes to the log and to the
+record's ``reason``, and a 1 MB app name must not make a 1 MB log line.
 """
 
 from __future__ import annotations
@@ -15,9 +18,23 @@ from agent_runtime.task_store import InvalidTaskIdError, check_task_id
 
 from ..errors import SupervisorError
 
-__all__ = ["Rejected", "RunRequest", "admit", "resolve_app"]
+__all__ = ["QUOTED_CHARS", "Rejected", "RunRequest", "admit", "resolve_app"]
 
 _REQUIRED = ("app", "user_id", "message")
+_MAX_TASK_ID = 128  # check_task_id's own bound: longer ids are refused before it quotes them
+# No import path is this long; an admitted app is logged and recorded with every run.
+_MAX_APP = 1024
+
+QUOTED_CHARS = 200
+"""How much of an untrusted value a rejection message quotes."""
+
+
+def _quoted(value: str) -> str:
+    """``repr(value)``, cut to its first :data:`QUOTED_CHARS` characters with its size."""
+    if len(value) <= QUOTED_CHARS:
+        return repr(value)
+    size = len(value.encode(errors="replace"))
+    return f"{value[:QUOTED_CHARS]!r}... ({size} bytes)"
 
 
 class Rejected(SupervisorError, ValueError):
@@ -48,13 +65,15 @@ def resolve_app(app: str, apps: Mapping[str, str], allow_import_paths: bool) -> 
     choices = ", ".join(sorted(apps)) or "none configured"
     if ":" in app and not allow_import_paths:
         raise ValueError(
-            f"app {app!r}: import paths are disabled here (allow_import_paths = false); "
+            f"app {_quoted(app)}: import paths are disabled here (allow_import_paths = false); "
             f"name one of [apps] ({choices})"
         )
+    if ":" in app and len(app) > _MAX_APP:
+        raise ValueError(f"app {_quoted(app)}: an import path has at most {_MAX_APP} characters")
     if ":" in app:
         return app
     raise ValueError(
-        f"unknown app {app!r}: name one of [apps] ({choices}) "
+        f"unknown app {_quoted(app)}: name one of [apps] ({choices}) "
         "or give an import path 'package.module:attribute'"
     )
 
@@ -70,6 +89,10 @@ def admit(
     task_id = entry.get("task_id") or ""
     if not task_id:
         raise Rejected("missing task_id", None)
+    if len(task_id) > _MAX_TASK_ID:
+        raise Rejected(
+            f"invalid task id {_quoted(task_id)}: longer than {_MAX_TASK_ID} characters", None
+        )
     try:
         check_task_id(task_id)
     except InvalidTaskIdError as exc:
@@ -81,7 +104,12 @@ def admit(
                 raise ValueError(f"missing {name}")
         app_ref = resolve_app(entry["app"], apps, allow_import_paths)
         raw_timeout = entry.get("timeout")
-        timeout = float(raw_timeout) if raw_timeout else default_timeout_s
+        try:
+            timeout = float(raw_timeout) if raw_timeout else default_timeout_s
+        except ValueError:
+            raise ValueError(
+                f"timeout must be a number of seconds, got {_quoted(raw_timeout or '')}"
+            ) from None
         if timeout is not None and not (0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
     except ValueError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.daemon.admission import Rejected, admit, resolve_app
+from supervisor.daemon.admission import QUOTED_CHARS, Rejected, admit, resolve_app
 
 APPS = {"weather": "examples.agents:weather_agent"}
 
@@ -63,3 +63,37 @@ def test_import_paths_only_where_the_operator_allowed_them() -> None:
     assert resolve_app("pkg.mod:agent", APPS, True) == "pkg.mod:agent"
     with pytest.raises(ValueError, match=r"allow_import_paths = false.*weather"):
         resolve_app("pkg.mod:agent", APPS, False)
+
+
+HUGE = "x" * 1_000_000
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"task_id": "t1", "app": HUGE, "user_id": "u", "message": "hi"},
+        {"task_id": "t1", "app": f"m:{HUGE}", "user_id": "u", "message": "hi"},
+        {"task_id": "t1", "app": "weather", "user_id": "u", "message": "hi", "timeout": HUGE},
+        {"task_id": HUGE, "app": "weather", "user_id": "u", "message": "hi"},
+        {"task_id": f"{HUGE}/", "app": "weather", "user_id": "u", "message": "hi"},
+    ],
+    ids=["unknown-app", "import-path", "timeout", "long-task-id", "bad-task-id"],
+)
+@pytest.mark.parametrize("allow_import_paths", [True, False])
+def test_a_rejection_quotes_at_most_a_bounded_part_of_an_untrusted_value(
+    entry: dict[str, str], allow_import_paths: bool
+) -> None:
+    # The message is logged and becomes the record's reason: a 1 MB field must not
+    # make a 1 MB log line.
+    with pytest.raises(Rejected) as rejected:
+        _admit(entry, allow_import_paths=allow_import_paths)
+    message = str(rejected.value)
+    assert len(message) < QUOTED_CHARS + 300, message[:500]
+    assert "x" * 50 in message and "bytes)" in message
+
+
+def test_a_short_value_is_quoted_whole() -> None:
+    with pytest.raises(Rejected, match=r"unknown app 'nope': name one of"):
+        _admit({"task_id": "t1", "app": "nope", "user_id": "u", "message": "hi"})
+    with pytest.raises(ValueError, match=r"^unknown app '" + "y" * 200 + "'"):
+        resolve_app("y" * 200, APPS, True)
