@@ -397,11 +397,12 @@ class Cgroups:
 
 
 def _start_ticks(pid: int) -> str | None:
+    """The start time of a live ``pid`` (None once it is gone or a zombie)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]
+    return None if stat[0] == "Z" else stat[19]
 
 
 class Container:
