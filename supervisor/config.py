@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     default_timeout_s: float | None = Field(default=None, ge=0)
     kill_grace_s: float = Field(default=0.0, ge=0)
     kill_mechanism: Literal["auto", "cgroup", "pgroup"] = "auto"
+    pgroup_fork_events: bool = True
     on_shutdown: Literal["kill", "drain"] = "kill"
     drain_timeout_s: float = Field(default=60.0, ge=0)
     spawn_mode: Literal["fork-server", "exec"] = "fork-server"

@@ -84,7 +84,9 @@ class Supervisor:
             if settings.spawn_mode == "fork-server"
             else ExecSpawner(self.spec_dir)
         )
-        self.containment = choose_containment(settings.kill_mechanism, self.node_id)
+        self.containment = choose_containment(
+            settings.kill_mechanism, self.node_id, fork_events=settings.pgroup_fork_events
+        )
         self.limiter = Limiter(
             self.node_id,
             self.containment.root if isinstance(self.containment, CgroupContainment) else None,

@@ -2,7 +2,8 @@
 
 Written by hand: no maintained Python library speaks the proc connector, and all
 it takes is one subscribe message and three fixed C structs (linux/cn_proc.h).
-Needs CAP_NET_ADMIN (root); :func:`open_events` says why it could not subscribe.
+Needs CAP_NET_ADMIN before Linux 6.6 (any user since); :func:`open_events` says why
+it could not subscribe.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 - ``pgroup``: each run is its own session and process group; the kill signals
   the group through a pidfd of the unreaped leader, then every process the run
   forked, known from the kernel's fork events (:mod:`.lineage`), whatever group,
-  session or environment it moved to. Without those events (not root), it
+  session or environment it moved to. Without those events (refused, or turned
+  off with ``pgroup_fork_events``), it
   sweeps the daemon's descendants (it is a child subreaper, so escaped
   grandchildren are reparented to it) that carry the run's
   ``ADK_SUPERVISOR_TASK_ID`` marker.
@@ -199,25 +200,31 @@ class CgroupContainment:
 class PgroupContainment:
     """Process group + lineage (or marker sweep), where no writable cgroup v2 exists.
 
-    With the kernel's fork events (root), every process forked in a run's tree is
-    the run's, whatever it does to its group, session or environment. Without them
-    (or after the event socket overflowed), the run's marker finds escapees that
-    kept their environment; the README says what neither can catch.
+    With the kernel's fork events (root, or any user on Linux 6.6+), every process
+    forked in a run's tree is the run's, whatever it does to its group, session or
+    environment. Without them (or after the event socket overflowed), the run's
+    marker finds escapees that kept their environment; the README says what neither
+    can catch.
     """
 
     name = "pgroup"
 
-    def __init__(self) -> None:
+    def __init__(self, fork_events: bool = True) -> None:
         self._lineage = Lineage()
         self._events: ProcEvents | None = None
+        if not fork_events:
+            log.info("pgroup_fork_events = false: escapees of a run are found by its marker only")
+            return
         try:
             self._events = open_events()
         except OSError as exc:
             log.warning(
-                "no process events (%s; root is needed): escapees of a run are found by "
-                "its environment marker only",
+                "no process events (%s; root, or Linux 6.6+, is needed): escapees of a run "
+                "are found by its environment marker only",
                 exc,
             )
+        else:
+            log.info("pgroup: following every run's forks through the kernel's process events")
 
     @property
     def tracking(self) -> bool:
@@ -291,10 +298,15 @@ class PgroupContainment:
         return None
 
 
-def choose_containment(mode: Literal["auto", "cgroup", "pgroup"], node_id: str) -> Containment:
-    """The containment ``mode`` asks for; ``auto`` prefers cgroups where they are writable."""
+def choose_containment(
+    mode: Literal["auto", "cgroup", "pgroup"], node_id: str, *, fork_events: bool = True
+) -> Containment:
+    """The containment ``mode`` asks for; ``auto`` prefers cgroups where they are writable.
+
+    ``fork_events``: whether process groups are backed by the kernel's fork events.
+    """
     if mode == "pgroup":
-        return PgroupContainment()
+        return PgroupContainment(fork_events)
     parent = find_writable_cgroup2()
     if parent is not None:
         try:
@@ -308,4 +320,4 @@ def choose_containment(mode: Literal["auto", "cgroup", "pgroup"], node_id: str) 
             "kill_mechanism = 'cgroup' but no writable cgroup v2 hierarchy was found "
             "(run as root, or under systemd with Delegate=yes)"
         )
-    return PgroupContainment()
+    return PgroupContainment(fork_events)

@@ -55,11 +55,31 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _tree(leader: int, task_id: str, count: int) -> list[psutil.Process]:
+    """The run's marked processes, once there are ``count`` of them."""
+    marker = f"ADK_SUPERVISOR_TASK_ID={task_id}".encode()
+    deadline = time.monotonic() + 30
+    while True:
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if marker in Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0"):
+                    found.append(proc)
+            except OSError:
+                continue
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"only {found} of the run {leader} started"
+        time.sleep(0.05)
+
+
 def _proc_file(pid: int, name: str) -> str:
     return Path(f"/proc/{pid}/{name}").read_text()
 
 
-def _start(sub: Path, state: Path, url: str, prefix: str, node_id: str) -> subprocess.Popen[bytes]:
+def _start(
+    sub: Path, state: Path, url: str, prefix: str, node_id: str, mechanism: str
+) -> subprocess.Popen[bytes]:
     python = Path(sys.executable)
     home = Path.home()
     daemon = [str(python), "-m", "supervisor", "--redis-url", url, "run"]
@@ -88,6 +108,9 @@ def _start(sub: Path, state: Path, url: str, prefix: str, node_id: str) -> subpr
         "ADK_SUPERVISOR_STATE_DIR": str(state / "state"),
         "ADK_SUPERVISOR_ALLOW_IMPORT_PATHS": "true",
         "ADK_SUPERVISOR_MEMORY_MAX": "2GiB",
+        "ADK_SUPERVISOR_KILL_MECHANISM": mechanism,
+        # The marker sweep, without fork events (the root tests cover those).
+        "ADK_SUPERVISOR_PGROUP_FORK_EVENTS": "false",
         "ADK_EXAMPLE_HOLD_S": "60",
     }
     log = (state / "daemon.log").open("ab")
@@ -100,7 +123,9 @@ def _start(sub: Path, state: Path, url: str, prefix: str, node_id: str) -> subpr
     )
 
 
+@pytest.mark.parametrize("mechanism", ["cgroup", "pgroup"])
 async def test_a_non_root_daemon_contains_and_kills_runs_in_its_delegated_subtree(
+    mechanism: str,
     subtree: Path,
     state_dir: Path,
     redis_server: RedisServer,
@@ -108,7 +133,7 @@ async def test_a_non_root_daemon_contains_and_kills_runs_in_its_delegated_subtre
     key_prefix: str,
 ) -> None:
     node_id = f"nonroot-{uuid.uuid4().hex[:6]}"
-    proc = _start(subtree, state_dir, redis_server.tcp_url, key_prefix, node_id)
+    proc = _start(subtree, state_dir, redis_server.tcp_url, key_prefix, node_id, mechanism)
     log = state_dir / "daemon.log"
     try:
         deadline = time.monotonic() + 60
@@ -118,7 +143,9 @@ async def test_a_non_root_daemon_contains_and_kills_runs_in_its_delegated_subtre
             time.sleep(0.05)
         text = log.read_text()
         assert psutil.Process(proc.pid).uids().effective == NOBODY
-        assert "kill_mechanism=cgroup" in text
+        assert f"kill_mechanism={mechanism}" in text
+        if mechanism == "pgroup":
+            assert "found by its marker only" in text
         # No v1 hierarchy is writable for it: memory falls back to RLIMIT_AS, the rest
         # is said to be unenforced.
         assert "resource limits: memory_max: rlimit, pids_max: none, cpu_max: none" in text
@@ -127,19 +154,15 @@ async def test_a_non_root_daemon_contains_and_kills_runs_in_its_delegated_subtre
         running = await until_state(client, task, "running", timeout=60)
         leader = psutil.Process(int(running["pid"]))
         assert leader.uids().effective == NOBODY
-        cgroup = _proc_file(leader.pid, "cgroup")
-        assert f"/{subtree.name}/adk-supervisor-{node_id}/run-{task}" in cgroup, cgroup
         limit = _proc_file(leader.pid, "limits")
         assert any(
             line.startswith("Max address space") and "2147483648" in line
             for line in limit.splitlines()
         ), limit
-        leaf = subtree / f"adk-supervisor-{node_id}" / f"run-{task}"
-        deadline = time.monotonic() + 30
-        while len((leaf / "cgroup.procs").read_text().split()) < 2:  # + the setsid grandchild
-            assert time.monotonic() < deadline, "the setsid grandchild never started"
-            time.sleep(0.05)
-        members = [psutil.Process(int(p)) for p in (leaf / "cgroup.procs").read_text().split()]
+        members = _tree(leader.pid, task, 2)  # the leader and its setsid grandchild
+        if mechanism == "cgroup":
+            cgroup = _proc_file(leader.pid, "cgroup")
+            assert f"/{subtree.name}/adk-supervisor-{node_id}/run-{task}" in cgroup, cgroup
         await client.abort(task, "as nobody")
         record = await client.wait(task, 30)
         assert record["state"] == "aborted" and record["reason"] == "as nobody"
