@@ -176,11 +176,15 @@ class TaskStore:
         key_prefix: str = DEFAULT_PREFIX,
         *,
         record_ttl_s: float | None = None,
+        history_maxlen: int = HISTORY_MAXLEN,
     ) -> None:
-        """``record_ttl_s``: how long a record lives once terminal (None: for ever)."""
+        """``record_ttl_s``: how long a record lives once terminal (None: for ever);
+        ``history_maxlen``: about how many entries each of this store's appends
+        leaves in the history stream."""
         self.client = client
         self.keys = KeySchema(key_prefix)
         self._terminal_ttl_ms = int(record_ttl_s * 1000) if record_ttl_s else 0
+        self._history_maxlen = history_maxlen
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
 
@@ -296,7 +300,7 @@ class TaskStore:
                         pipe.xadd(
                             self.keys.task_history,
                             {"event": event},
-                            maxlen=HISTORY_MAXLEN,
+                            maxlen=self._history_maxlen,
                             approximate=True,
                         )
                 replies = await pipe.execute(raise_on_error=False)
@@ -308,7 +312,10 @@ class TaskStore:
     async def _history(self, event: str) -> None:
         try:
             await self.client.xadd(
-                self.keys.task_history, {"event": event}, maxlen=HISTORY_MAXLEN, approximate=True
+                self.keys.task_history,
+                {"event": event},
+                maxlen=self._history_maxlen,
+                approximate=True,
             )
         except ResponseError as exc:
             self._history_refused(exc)

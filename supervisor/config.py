@@ -99,6 +99,12 @@ class Settings(BaseSettings):
     spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, ge=0)
     record_ttl_s: float | None = Field(default=7 * 24 * 3600, ge=0)
+    task_history_maxlen: int = Field(default=10_000, ge=1)
+    run_log_retention_s: float | None = Field(default=7 * 24 * 3600, ge=0)
+    run_log_max_files: int | None = Field(default=10_000, ge=0)
+    run_log_dir_max_bytes: ByteSize | None = ByteSize(1024**3)
+    run_log_max_bytes: ByteSize | None = ByteSize(64 * 1024**2)
+    run_log_prune_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     node_dead_after_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -181,7 +187,15 @@ class Settings(BaseSettings):
                 raise ValueError(f"no group named {value!r} on this host") from None
         return value
 
-    @field_validator("default_timeout_s", "session_ttl_s", "record_ttl_s")
+    @field_validator(
+        "default_timeout_s",
+        "session_ttl_s",
+        "record_ttl_s",
+        "run_log_retention_s",
+        "run_log_max_files",
+        "run_log_dir_max_bytes",
+        "run_log_max_bytes",
+    )
     @classmethod
     def _zero_is_none(cls, value: float | None) -> float | None:
         # TOML has no null: 0 means "no limit" / "never expire".

@@ -43,6 +43,7 @@ from .peers import PeerWatch, Takeover
 from .reaper import Reaper
 from .reconcile import ReconcileReport, reconcile_node
 from .recorder import Recorder
+from .retention import LogPolicy, LogRetention
 from .runs import RunTable
 from .sealing import Sealer
 from .status import package_version, run_rows
@@ -75,7 +76,12 @@ class Supervisor:
         self.client: aioredis.Redis = connect(
             self.redis_url, socket_timeout_s=settings.redis_socket_timeout_s
         )
-        self.store = TaskStore(self.client, settings.key_prefix, record_ttl_s=settings.record_ttl_s)
+        self.store = TaskStore(
+            self.client,
+            settings.key_prefix,
+            record_ttl_s=settings.record_ttl_s,
+            history_maxlen=settings.task_history_maxlen,
+        )
         self.spec_dir = settings.state_dir / "specs"
         self.spawner = spawner or (
             ForkServerSpawner(
@@ -130,6 +136,12 @@ class Supervisor:
             self.client, keys, self.node_id, settings.max_concurrent_runs, self.launcher.launch
         )
         self.peers = PeerWatch(self.store, self.node_id, settings.node_dead_after_s)
+        self.retention = LogRetention(
+            self.log_dir,
+            LogPolicy.from_settings(settings),
+            settings.run_log_prune_interval_s,
+            self.runs.ids,
+        )
         self.health = Health(
             self.client,
             keys,
@@ -175,6 +187,7 @@ class Supervisor:
                 await tg.start(self.aborts.run)
                 await tg.start(self.intake.run)
                 await tg.start(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
+                await tg.start(self.retention.run)
                 if report.failures:
                     tg.start_soon(self.sealer.seal_orphans, report.failures)
                 await tg.start(self._status_socket().serve)
