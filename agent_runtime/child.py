@@ -1,8 +1,11 @@
 """Entry point of a supervised run's child process: ``python -m agent_runtime.child``.
 
-The daemon passes the run as JSON in ``$ADK_SUPERVISOR_RUN``. The child builds
-an ADK Runner on :class:`RedisSessionService`, creates the session if it does not
-exist, runs one invocation with the message and exits 0; if the agent raises,
+The daemon passes the run as a JSON spec file named by ``$ADK_SUPERVISOR_RUN``
+(the fork server hands it over directly). The child builds an ADK Runner on
+:class:`RedisSessionService`, creates the session if it does not exist, runs one
+invocation with the new message (text or a whole ``Content``, with its
+``state_delta``, ``invocation_id`` and run options), appends every event ADK
+yields to the run's events stream, and exits 0; if the agent raises,
 it writes the error to the task record (``error``) and exits 1. The daemon owns
 the record's state: the child never moves it. It records the ADK app name
 (``adk_app``) and the invocation id (``invocation_id``), which the daemon needs
@@ -15,6 +18,7 @@ import asyncio
 import os
 import sys
 import traceback
+from typing import Any
 
 from .run_spec import RUN_ENV, RunSpec
 
@@ -22,11 +26,38 @@ EXIT_AGENT_ERROR = 1
 EXIT_BAD_SPEC = 2
 
 
-async def run(spec: RunSpec) -> None:
-    """Runs one ADK invocation of ``spec`` to completion."""
-    from google.adk.runners import Runner
+def _run_config(options: dict[str, Any] | None) -> Any:
+    from google.adk.agents._streaming_mode import StreamingMode
+    from google.adk.agents.run_config import RunConfig
+
+    options = options or {}
+    config: dict[str, Any] = {
+        "streaming_mode": StreamingMode.SSE
+        if options.get("streaming") == "sse"
+        else StreamingMode.NONE
+    }
+    if options.get("max_llm_calls") is not None:
+        config["max_llm_calls"] = options["max_llm_calls"]
+    if options.get("custom_metadata") is not None:
+        config["custom_metadata"] = options["custom_metadata"]
+    return RunConfig(**config)
+
+
+def _new_message(spec: RunSpec) -> Any:
     from google.genai import types
 
+    if spec.content is not None:
+        return types.Content.model_validate(spec.content)
+    if spec.invocation_id and not spec.message:
+        return None  # resuming a paused invocation with no new input
+    return types.Content(role="user", parts=[types.Part(text=spec.message)])
+
+
+async def run(spec: RunSpec) -> None:
+    """Runs one ADK invocation of ``spec`` to completion, each event to its stream."""
+    from google.adk.runners import Runner
+
+    from ._event_writer import EventWriter
     from .app_loader import load_app
     from .sessions.service import RedisSessionService
     from .task_store import TaskStore
@@ -47,17 +78,24 @@ async def run(spec: RunSpec) -> None:
             await sessions.create_session(
                 app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
             )
-        message = types.Content(role="user", parts=[types.Part(text=spec.message)])
+        writer = EventWriter(sessions.redis, store.keys, spec.task_id, maxlen=spec.events_maxlen)
         invocation_id = None
-        async for event in runner.run_async(
-            user_id=spec.user_id,
-            session_id=spec.session_id,
-            new_message=message,
-            yield_user_message=True,  # its invocation id is known before any agent runs
-        ):
-            if invocation_id is None and event.invocation_id:
-                invocation_id = event.invocation_id
-                await store.update(spec.task_id, {"invocation_id": invocation_id})
+        try:
+            async for event in runner.run_async(
+                user_id=spec.user_id,
+                session_id=spec.session_id,
+                new_message=_new_message(spec),
+                invocation_id=spec.invocation_id,
+                state_delta=spec.state_delta,
+                run_config=_run_config(spec.run_config),
+                yield_user_message=True,  # its invocation id is known before any agent runs
+            ):
+                if invocation_id is None and event.invocation_id:
+                    invocation_id = event.invocation_id
+                    await store.update(spec.task_id, {"invocation_id": invocation_id})
+                await writer.add(event)
+        finally:
+            await writer.close()
         await runner.close()
 
 

@@ -46,6 +46,10 @@ class KeySchema:
         """Channel: one task's transitions."""
         return f"{self.prefix}task-events:{task_id}"
 
+    def run_events(self, task_id: str) -> str:
+        """Capped stream: one run's ADK events and lifecycle (see ``run_events``)."""
+        return f"{self.prefix}events:{task_id}"
+
     @property
     def task_history(self) -> str:
         """Capped stream: every transition, for history readers."""

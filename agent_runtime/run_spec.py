@@ -49,6 +49,14 @@ class RunSpec:
     redis_url: str
     key_prefix: str
     session_ttl: float | None
+    content: dict[str, Any] | None = None
+    """The new message as ``google.genai.types.Content`` JSON; None: ``message`` as text."""
+    state_delta: dict[str, Any] | None = None
+    invocation_id: str | None = None
+    """Continues that (paused) invocation instead of starting one."""
+    run_config: dict[str, Any] | None = None
+    """``streaming`` ("none" or "sse"), ``max_llm_calls``, ``custom_metadata``."""
+    events_maxlen: int = 10_000
 
     def to_json(self) -> str:
         """The spec as the JSON the child reads."""
@@ -58,7 +66,7 @@ class RunSpec:
     def from_json(cls, raw: str) -> RunSpec:
         """Parses the JSON the daemon wrote."""
         data: dict[str, Any] = json.loads(raw)
-        fields: dict[str, Any] = {f: data.get(f) for f in cls.__dataclass_fields__}
+        fields: dict[str, Any] = {f: data[f] for f in cls.__dataclass_fields__ if f in data}
         return cls(**fields)
 
     def write(self, spec_dir: Path) -> Path:

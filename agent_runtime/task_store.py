@@ -25,6 +25,7 @@ from redis.exceptions import ResponseError
 
 from .keys import DEFAULT_PREFIX, KeySchema
 from .redis_connection import WrongTypeError, as_text, describe_reply, wrong_type
+from .run_events import DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_TTL_S
 
 __all__ = [
     "LIVE_STATES",
@@ -98,8 +99,13 @@ MAX_ABORT_PAYLOAD: Final = 64 * 1024
 MAX_REASON: Final = 4096
 """Abort reasons are cut to this many characters before they reach a record."""
 
-# KEYS: task hash. ARGV: new state, allowed from-states (space separated),
-# event JSON, events channel, per-task channel, TTL in ms (0: none), then
+# Both scripts also append the move to the run's events stream as a `state` entry
+# (see run_events.py), and a terminal move starts that stream's expiry. pcall: a
+# key of the wrong type there (anyone's write) must not block the move itself.
+
+# KEYS: task hash, run events stream. ARGV: new state, allowed from-states (space
+# separated), event JSON, events channel, per-task channel, TTL in ms (0: none),
+# events stream MAXLEN (0: no entry), events stream TTL in ms (0: none), then
 # field/value pairs.
 _TRANSITION = r"""
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -113,8 +119,8 @@ end
 if not ok then
   return {'REJECTED', cur}
 end
-if #ARGV > 6 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 7))
+if #ARGV > 8 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 9))
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[1])
 local ttl = tonumber(ARGV[6])
@@ -123,17 +129,27 @@ if ttl > 0 then
 end
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 redis.call('PUBLISH', ARGV[5], ARGV[3])
+if tonumber(ARGV[7]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'type', 'state', 'data', ARGV[3])
+  if tonumber(ARGV[8]) > 0 then
+    redis.pcall('PEXPIRE', KEYS[2], ARGV[8])
+  end
+end
 return {'OK', cur}
 """
 
-# KEYS: task hash. ARGV: event JSON, events channel, per-task channel, field/value pairs.
+# KEYS: task hash, run events stream. ARGV: event JSON, events channel, per-task
+# channel, events stream MAXLEN (0: no entry), then field/value pairs.
 _CREATE = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then
   return {'EXISTS', redis.call('HGET', KEYS[1], 'state') or ''}
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('HSET', KEYS[1], unpack(ARGV, 5))
 redis.call('PUBLISH', ARGV[2], ARGV[1])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
+if tonumber(ARGV[4]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'state', 'data', ARGV[1])
+end
 return {'OK', ''}
 """
 
@@ -177,14 +193,20 @@ class TaskStore:
         *,
         record_ttl_s: float | None = None,
         history_maxlen: int = HISTORY_MAXLEN,
+        events_maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        events_ttl_s: float | None = DEFAULT_EVENTS_TTL_S,
     ) -> None:
         """``record_ttl_s``: how long a record lives once terminal (None: for ever);
         ``history_maxlen``: about how many entries each of this store's appends
-        leaves in the history stream."""
+        leaves in the history stream; ``events_maxlen`` and ``events_ttl_s``: the cap
+        of each run's events stream and how long it lives after its terminal entry
+        (``events_maxlen=0``: no state entries)."""
         self.client = client
         self.keys = KeySchema(key_prefix)
         self._terminal_ttl_ms = int(record_ttl_s * 1000) if record_ttl_s else 0
         self._history_maxlen = history_maxlen
+        self._events_maxlen = events_maxlen
+        self._events_ttl_ms = int(events_ttl_s * 1000) if events_ttl_s else 0
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
 
@@ -218,11 +240,12 @@ class TaskStore:
         )
         async with self._named(task_id):
             status, prev = await self._create(
-                keys=[self.keys.task(task_id)],
+                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                 args=[
                     event,
                     self.keys.task_events,
                     self.keys.task_channel(task_id),
+                    self._events_maxlen,
                     *_flat(record),
                 ],
             )
@@ -248,7 +271,7 @@ class TaskStore:
         event = self._event(task_id, state.value, now, fields)
         async with self._named(task_id):
             status, prev = await self._transition(
-                keys=[self.keys.task(task_id)],
+                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                 args=[
                     state.value,
                     " ".join(s.value for s in sources),
@@ -256,6 +279,8 @@ class TaskStore:
                     self.keys.task_events,
                     self.keys.task_channel(task_id),
                     self._terminal_ttl_ms if state.terminal else 0,
+                    self._events_maxlen,
+                    self._events_ttl_ms if state.terminal else 0,
                     *_flat(fields),
                 ],
             )
@@ -280,7 +305,7 @@ class TaskStore:
                     events.append(event)
                     sources = " ".join(s.value for s in _ALLOWED_FROM[TaskState.FAILED])
                     await self._transition(
-                        keys=[self.keys.task(task_id)],
+                        keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                         args=[
                             TaskState.FAILED.value,
                             sources,
@@ -288,6 +313,8 @@ class TaskStore:
                             self.keys.task_events,
                             self.keys.task_channel(task_id),
                             self._terminal_ttl_ms,
+                            self._events_maxlen,
+                            self._events_ttl_ms,
                             *_flat(f),
                         ],
                         client=pipe,

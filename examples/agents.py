@@ -17,7 +17,7 @@ from google.adk.agents.invocation_context import InvocationContext
 from google.adk.events.event import Event
 from google.genai import types
 
-from .scripted_llm import ScriptedLlm
+from .scripted_llm import ScriptedLlm, StreamingScriptedLlm
 
 # Seconds the slow and the process-spawning agents stay alive (overridable for tests).
 HOLD_S = float(os.environ.get("ADK_EXAMPLE_HOLD_S", "60"))
@@ -38,6 +38,8 @@ weather_agent = LlmAgent(
     name="weather", model=ScriptedLlm(), tools=[get_weather], instruction="Answer about weather."
 )
 slow_agent = LlmAgent(name="slow", model=ScriptedLlm(tool_name="slow_lookup"), tools=[slow_lookup])
+# Answers in 12 words, streamed one every 50 ms when the run asks for streaming.
+story_agent = LlmAgent(name="story", model=StreamingScriptedLlm())
 
 
 def _text(ctx: InvocationContext, author: str, text: str) -> Event:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 
 from google.adk.models.base_llm import BaseLlm
@@ -31,3 +32,31 @@ class ScriptedLlm(BaseLlm):
         yield LlmResponse(
             content=types.Content(role="model", parts=[types.Part(function_call=call)])
         )
+
+
+class StreamingScriptedLlm(BaseLlm):
+    """Answers every turn with ``words`` words; streamed word by word when the run streams.
+
+    With streaming (ADK's SSE mode) each word is a partial response ``delay_s``
+    apart, then the whole text once more as the final response, as Gemini does.
+    """
+
+    model: str = "scripted-streaming"
+    words: int = 12
+    delay_s: float = 0.05
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        chunks = [f"word{i} " for i in range(self.words)]
+        if stream:
+            for chunk in chunks:
+                await asyncio.sleep(self.delay_s)
+                yield LlmResponse(
+                    content=types.Content(role="model", parts=[types.Part(text=chunk)]),
+                    partial=True,
+                )
+        else:
+            await asyncio.sleep(self.delay_s * len(chunks))
+        text = "".join(chunks)
+        yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text=text)]))

@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     spawn_mode: Literal["fork-server", "exec"] = "fork-server"
     session_ttl_s: float | None = Field(default=3600, ge=0)
     record_ttl_s: float | None = Field(default=7 * 24 * 3600, ge=0)
+    events_maxlen: int = Field(default=10_000, ge=1)
+    events_ttl_s: float | None = Field(default=24 * 3600, ge=0)
+    max_input_bytes: int = Field(default=1 << 20, ge=1024)
     task_history_maxlen: int = Field(default=10_000, ge=1)
     run_log_retention_s: float | None = Field(default=7 * 24 * 3600, ge=0)
     run_log_max_files: int | None = Field(default=10_000, ge=0)
@@ -191,6 +194,7 @@ class Settings(BaseSettings):
         "default_timeout_s",
         "session_ttl_s",
         "record_ttl_s",
+        "events_ttl_s",
         "run_log_retention_s",
         "run_log_max_files",
         "run_log_dir_max_bytes",

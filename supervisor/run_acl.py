@@ -63,6 +63,8 @@ RUN_COMMANDS: Final = (
     "zrange",
     "zrangebyscore",
     "zscan",
+    # The run's own events stream (agent_runtime/run_events.py).
+    "xadd",
     "exists",
     "del",
     "pttl",
@@ -98,7 +100,7 @@ def run_user_name(key_prefix: str, node_id: str, task_id: str) -> str:
 
 
 def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> list[str]:
-    """The key patterns of one run: its app's sessions and its own task record.
+    """The key patterns of one run: its app's sessions, its own task record and events stream.
 
     ``session_app`` None (an import path, whose ADK name the daemon cannot know
     without importing it) allows the sessions of every app.
@@ -108,13 +110,24 @@ def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> 
         if session_app
         else acl_glob_escape(key_prefix) + "{*"
     )
-    return [f"~{sessions}", f"~{acl_glob_escape(KeySchema(key_prefix).task(task_id))}"]
+    keys = KeySchema(key_prefix)
+    return [
+        f"~{sessions}",
+        f"~{acl_glob_escape(keys.task(task_id))}",
+        f"~{acl_glob_escape(keys.run_events(task_id))}",
+    ]
 
 
 def shared_key_patterns(key_prefix: str) -> list[str]:
-    """The key patterns of one user shared by every run: all sessions, all task records."""
+    """The key patterns of one user shared by every run: all sessions, task records and
+    events streams."""
     prefix = acl_glob_escape(key_prefix)
-    return [f"~{prefix}{{*", f"~{acl_glob_escape(KeySchema(key_prefix).task(''))}*"]
+    keys = KeySchema(key_prefix)
+    return [
+        f"~{prefix}{{*",
+        f"~{acl_glob_escape(keys.task(''))}*",
+        f"~{acl_glob_escape(keys.run_events(''))}*",
+    ]
 
 
 def _commands(optional: bool) -> list[str]:

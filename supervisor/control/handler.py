@@ -11,6 +11,7 @@ import os
 from typing import Any, Protocol
 
 from agent_runtime.redis_url import redact_url
+from agent_runtime.run_input import RunInput
 from agent_runtime.task_store import TaskStore
 
 from ..client import submit_task
@@ -30,6 +31,10 @@ class ControlledNode(Protocol):
     pid: int
     redis_url: str
     store: TaskStore
+
+    @property
+    def max_input_bytes(self) -> int:
+        """The largest run input a submission may carry."""
 
     @property
     def draining(self) -> bool:
@@ -121,9 +126,22 @@ class ControlHandler:
     async def _submit(self, request: dict[str, Any], peer: Peer) -> dict[str, Any]:
         sup = self.node
         app = _text(request, "app")
-        message = _text(request, "message")
+        structured = {k: request.get(k) for k in ("content", "state_delta", "run_config")}
+        invocation_id = _text(request, "invocation_id", required=False)
+        has_input = structured["content"] is not None or invocation_id is not None
+        message = _text(request, "message", required=not has_input) or ""
         user_id = _text(request, "user_id")
-        assert app is not None and message is not None and user_id is not None
+        assert app is not None and user_id is not None
+        for name, value in structured.items():
+            if value is not None and not isinstance(value, dict):
+                raise RequestError(f'submit: field "{name}" must be a JSON object')
+        run_input = RunInput(
+            message=message,
+            content=structured["content"],
+            state_delta=structured["state_delta"],
+            invocation_id=invocation_id,
+            run_config=structured["run_config"],
+        )
         session_id = _text(request, "session_id", required=False)
         task_id = _text(request, "task_id", required=False)
         timeout_s = _seconds(request, "timeout_s")
@@ -135,13 +153,14 @@ class ControlHandler:
             task_id = await submit_task(
                 sup.store,
                 app,
-                message,
+                run_input,
                 user_id=user_id,
                 session_id=session_id,
                 task_id=task_id,
                 timeout_s=timeout_s,
+                max_input_bytes=sup.max_input_bytes,
             )
-        except ValueError as exc:  # an invalid task id, or one that exists already
+        except ValueError as exc:  # bad input, an invalid task id, or one that exists already
             raise RequestError(str(exc)) from None
         log.info(
             "task %s submitted over the status socket by uid=%d pid=%d: app=%s",

@@ -14,13 +14,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, RunInput, parse_input
 from agent_runtime.task_store import InvalidTaskIdError, check_task_id
 
 from ..errors import SupervisorError
 
 __all__ = ["QUOTED_CHARS", "Rejected", "RunRequest", "admit", "resolve_app"]
 
-_REQUIRED = ("app", "user_id", "message")
+_REQUIRED = ("app", "user_id")
 _MAX_TASK_ID = 128  # check_task_id's own bound: longer ids are refused before it quotes them
 # No import path is this long; an admitted app is logged and recorded with every run.
 _MAX_APP = 1024
@@ -54,7 +55,7 @@ class RunRequest:
     app_ref: str
     user_id: str
     session_id: str
-    message: str
+    input: RunInput
     timeout_s: float | None
 
 
@@ -84,6 +85,7 @@ def admit(
     *,
     allow_import_paths: bool,
     default_timeout_s: float | None,
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
 ) -> RunRequest:
     """The run an entry asks for; :class:`Rejected` says why not."""
     task_id = entry.get("task_id") or ""
@@ -112,6 +114,7 @@ def admit(
             ) from None
         if timeout is not None and not (0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
+        run_input = parse_input(entry, max_input_bytes)
     except ValueError as exc:
         raise Rejected(str(exc), task_id) from None
     return RunRequest(
@@ -120,6 +123,6 @@ def admit(
         app_ref=app_ref,
         user_id=entry["user_id"],
         session_id=entry.get("session_id") or task_id,
-        message=entry["message"],
+        input=run_input,
         timeout_s=timeout,
     )

@@ -10,6 +10,7 @@ supervisor killed it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import anyio
 from redis.exceptions import ResponseError
 
 from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.run_events import append_entry
 from agent_runtime.run_spec import RunSpec, spec_path
 from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, parse_abort_payload
 
@@ -43,6 +45,8 @@ from .sealing import Sealer
 __all__ = ["Launcher", "NodeIdentity"]
 
 log = logging.getLogger("adk_supervisor")
+
+_NOTE_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,7 @@ class Launcher:
                 self._settings.apps,
                 allow_import_paths=self._settings.allow_import_paths,
                 default_timeout_s=self._settings.default_timeout_s,
+                max_input_bytes=self._settings.max_input_bytes,
             )
         except Rejected as exc:
             log.warning("run request %r rejected: %s", entry.id, exc)
@@ -170,10 +175,15 @@ class Launcher:
             app_name=session_app,
             user_id=request.user_id,
             session_id=request.session_id,
-            message=request.message,
+            message=request.input.message,
             redis_url=run_url,
             key_prefix=self._settings.key_prefix,
             session_ttl=self._settings.session_ttl_s,
+            content=request.input.content,
+            state_delta=request.input.state_delta,
+            invocation_id=request.input.invocation_id,
+            run_config=request.input.run_config,
+            events_maxlen=self._settings.events_maxlen,
         )
         # The entry is acknowledged and the record says `starting` from here on: a local
         # error (a full disk, EMFILE) must end the run as `failed`, never be retried as
@@ -259,6 +269,29 @@ class Launcher:
         with contextlib.suppress(*REDIS_ERRORS):
             await self._aborts.recheck([run.task_id])
 
+    async def _note_kill(self, run: ActiveRun) -> None:
+        """Appends ``killing`` to the run's events stream once a kill was sent (after it:
+        the kill never waits on Redis), so a reader following the run sees why it stops."""
+        await run.exited_or_killed.wait()
+        if run.kill is None:
+            return
+        kill = run.kill
+        detail = {"reason": kill.reason, "signal": ",".join(s.name for s in kill.signals)}
+        data = json.dumps(
+            {"task_id": run.task_id, "state": "killing", "at": time.time(), "detail": detail}
+        )
+        # Best effort, and bounded: the terminal entry (which waits for this one, to keep
+        # the order) carries the outcome anyway.
+        with anyio.move_on_after(_NOTE_TIMEOUT_S), contextlib.suppress(*REDIS_ERRORS):
+            await append_entry(
+                self._store.client,
+                self._store.keys,
+                run.task_id,
+                "state",
+                data,
+                maxlen=self._settings.events_maxlen,
+            )
+
     async def _claim(self, entry: Entry, request: RunRequest) -> bool:
         """Moves the record to ``starting`` for this node and acknowledges the entry."""
         task_id = request.task_id
@@ -299,6 +332,7 @@ class Launcher:
             # terminal record waits for the `running` one (the task group) to keep order.
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._announce, run)
+                tg.start_soon(self._note_kill, run)
                 gone = await self._runs.watch(run)
             # Read before the groups go: what the limits did (OOM kills, refused forks).
             verdict = self._limiter.verdict(run.task_id, run.container.limits, run.container.cgroup)

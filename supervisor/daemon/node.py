@@ -81,6 +81,8 @@ class Supervisor:
             settings.key_prefix,
             record_ttl_s=settings.record_ttl_s,
             history_maxlen=settings.task_history_maxlen,
+            events_maxlen=settings.events_maxlen,
+            events_ttl_s=settings.events_ttl_s,
         )
         self.spec_dir = settings.state_dir / "specs"
         self.spawner = spawner or (
@@ -357,6 +359,11 @@ class Supervisor:
             log.info("draining: taking no new runs; %d running runs go on", len(self.runs))
             self.health.notifier.status(self.summary())
         return len(self.runs)
+
+    @property
+    def max_input_bytes(self) -> int:
+        """The largest run input this node's submissions accept."""
+        return self.settings.max_input_bytes
 
     def check_app(self, app: str) -> None:
         """Raises ValueError naming the choices if ``app`` cannot run on this node."""

@@ -18,14 +18,19 @@ from supervisor.run_acl import (
 
 
 def test_a_run_is_confined_to_its_app_sessions_and_its_own_record() -> None:
-    assert run_key_patterns("adk:", "t-1", "weather") == ["~adk:{weather}:*", "~adk:task:t-1"]
+    own = ["~adk:task:t-1", "~adk:events:t-1"]  # its record and its events stream
+    assert run_key_patterns("adk:", "t-1", "weather") == ["~adk:{weather}:*", *own]
     # An import path: the daemon cannot know the ADK name, so every app's sessions.
-    assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*", "~adk:task:t-1"]
+    assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*", *own]
 
 
 def test_glob_characters_in_a_prefix_or_app_match_only_themselves() -> None:
     assert acl_glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
-    assert run_key_patterns("x*:", "t", "app") == ["~x\\*:{app}:*", "~x\\*:task:t"]
+    assert run_key_patterns("x*:", "t", "app") == [
+        "~x\\*:{app}:*",
+        "~x\\*:task:t",
+        "~x\\*:events:t",
+    ]
     # App names are percent-encoded in keys: "{", "}" and ":" cannot move the hash tag.
     assert run_key_patterns("adk:", "t", "a}b")[0] == "~adk:{a%7Db}:*"
 
@@ -40,13 +45,16 @@ def test_rules_start_from_nothing_and_carry_only_the_password_hash() -> None:
 
 
 def test_commands_that_reach_beyond_the_run_are_not_granted() -> None:
-    for command in ("set", "publish", "xadd", "sadd", "eval", "keys", "scan", "flushall"):
+    for command in ("set", "publish", "sadd", "eval", "keys", "scan", "flushall", "xtrim"):
         assert command not in RUN_COMMANDS
+    # XADD is granted for the run's own events stream: the key patterns keep it there
+    # (not the runs stream, not another run's events).
 
 
 def test_shared_rules_cover_every_session_and_task_record() -> None:
     rules = shared_rules("adk:")
     assert "~adk:{*" in rules and "~adk:task:*" in rules and "resetchannels" in rules
+    assert "~adk:events:*" in rules
 
 
 def test_run_urls_carry_the_run_user_and_keep_the_rest() -> None:
