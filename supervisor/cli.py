@@ -40,6 +40,8 @@ from .errors import (
 from .paths import locate_socket
 
 if TYPE_CHECKING:
+    from agent_runtime.run_input import RunInput
+
     from .client import SupervisorClient
     from .config import Settings
 
@@ -79,6 +81,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "adk-supervisor abort 3f2a9c... --reason 'stuck in a loop'",
     ),
     "get": ("print a task record", "adk-supervisor get 3f2a9c..."),
+    "events": (
+        "print a run's events stream (its ADK events and lifecycle), following it live",
+        "adk-supervisor events 3f2a9c... --follow",
+    ),
     "wait": (
         "wait for a task to end; exit 0 only if it completed",
         "adk-supervisor wait 3f2a9c... --timeout 60 && echo done",
@@ -149,7 +155,21 @@ def _parser() -> argparse.ArgumentParser:
         )
     p = parsers["submit"]
     p.add_argument("app", help="an app name from [apps], or package.module:attribute")
-    p.add_argument("message", help="the user message the run starts with")
+    p.add_argument(
+        "message",
+        nargs="?",
+        default="",
+        help="the user message the run starts with (or --message-json)",
+    )
+    p.add_argument(
+        "--message-json",
+        metavar="FILE",
+        help="the new message as google.genai Content JSON (text, inline data, function "
+        "responses), from FILE or - for stdin",
+    )
+    p.add_argument("--state-delta", metavar="JSON", help="a JSON object merged into the state")
+    p.add_argument("--invocation-id", help="continue this paused invocation")
+    p.add_argument("--stream", action="store_true", help="stream partial text (ADK's SSE mode)")
     p.add_argument("--user-id", required=True, help="ADK user id")
     p.add_argument("--session-id", help="ADK session id (default: the task id)")
     p.add_argument("--task-id", help="choose the task id (default: a random hex id)")
@@ -157,10 +177,22 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, metavar="SEC", help="kill the run as timed_out after SEC"
     )
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit as `wait`")
+    p.add_argument(
+        "--follow",
+        action="store_true",
+        help="print the run as it happens; Ctrl-C aborts it (unless --detach); exit as `wait`",
+    )
+    p.add_argument(
+        "--detach", action="store_true", help="with --follow: Ctrl-C stops following only"
+    )
     p = parsers["abort"]
     p.add_argument("task_id")
     p.add_argument("--reason", default="", help="recorded as the task's reason")
     parsers["get"].add_argument("task_id")
+    p = parsers["events"]
+    p.add_argument("task_id")
+    p.add_argument("--follow", action="store_true", help="wait for new entries until the end")
+    p.add_argument("--after", default="0-0", metavar="ID", help="start after this entry id")
     p = parsers["wait"]
     p.add_argument("task_id")
     p.add_argument("--timeout", type=float, metavar="SEC", help="give up after SEC (exit 124)")
@@ -341,6 +373,8 @@ def _client_command(args: argparse.Namespace) -> int:
             _print(f"draining: no new runs; {status['running']} running runs go on to their end")
         return EXIT_OK
 
+    if args.command == "submit":
+        args.input = _run_input(args)
     # Prefer the local daemon (one request, no Redis client); --redis-url means Redis directly.
     reply: dict[str, Any] | None = None
     if args.command in ("submit", "abort") and not args.redis_url:
@@ -353,7 +387,7 @@ def _client_command(args: argparse.Namespace) -> int:
         if reply is not None and args.command == "abort":
             _emit({"task_id": args.task_id, "abort_published_to": reply["heard"]}, args.json)
             return EXIT_OK
-        if reply is not None and not args.wait:
+        if reply is not None and not (args.wait or args.follow):
             _print_task_id(str(reply["task_id"]), args.json)
             return EXIT_OK
 
@@ -367,7 +401,7 @@ def _client_command(args: argparse.Namespace) -> int:
                 prefix,
                 lambda client: client.submit(
                     args.app,
-                    args.message,
+                    args.input,
                     user_id=args.user_id,
                     session_id=args.session_id,
                     task_id=args.task_id,
@@ -375,10 +409,18 @@ def _client_command(args: argparse.Namespace) -> int:
                 ),
             )
         )
+        if args.follow:
+            if not args.json:
+                print(f"task {task_id}", file=sys.stderr)
+            return _follow(url, prefix, task_id, "0-0", args.json, live=True, stop=not args.detach)
         if args.wait:
             return _wait(url, prefix, task_id, None, args.json)
         _print_task_id(task_id, args.json)
         return EXIT_OK
+    if args.command == "events":
+        return _follow(
+            url, prefix, args.task_id, args.after, args.json, live=args.follow, stop=False
+        )
     if args.command == "abort":
         heard = _over_redis(url, prefix, lambda client: client.abort(args.task_id, args.reason))
         _emit({"task_id": args.task_id, "abort_published_to": heard}, args.json)
@@ -401,16 +443,90 @@ def _through_daemon(socket: Path, args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "abort":
         reply = request(socket, "abort", task_id=args.task_id, reason=args.reason)
         return {"heard": int(reply["abort_published_to"])}
+    run_input = args.input
     return request(
         socket,
         "submit",
         app=args.app,
-        message=args.message,
+        message=run_input.message,
+        content=run_input.content,
+        state_delta=run_input.state_delta,
+        invocation_id=run_input.invocation_id,
+        run_config=run_input.run_config,
         user_id=args.user_id,
         session_id=args.session_id,
         task_id=args.task_id,
         timeout_s=args.timeout,
     )
+
+
+def _run_input(args: argparse.Namespace) -> RunInput:
+    """The run's input from ``submit``'s arguments; CliError (exit 2) on bad JSON."""
+    from agent_runtime.run_input import RunInput
+
+    def load(text: str, what: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise CliError(f"{what} is not JSON: {exc}", EXIT_USAGE) from None
+        if not isinstance(value, dict):
+            raise CliError(f"{what} must be a JSON object", EXIT_USAGE)
+        return value
+
+    content = None
+    if args.message_json:
+        source = sys.stdin if args.message_json == "-" else None
+        try:
+            text = source.read() if source else Path(args.message_json).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read --message-json: {exc}", EXIT_USAGE) from None
+        content = load(text, "--message-json")
+    if not args.message and content is None and not args.invocation_id:
+        raise CliError("give a message, --message-json or --invocation-id", EXIT_USAGE)
+    return RunInput(
+        message=args.message,
+        content=content,
+        state_delta=load(args.state_delta, "--state-delta") if args.state_delta else None,
+        invocation_id=args.invocation_id,
+        run_config={"streaming": "sse"} if args.stream else None,
+    )
+
+
+def _follow(
+    url: str, prefix: str, task_id: str, after: str, as_json: bool, *, live: bool, stop: bool
+) -> int:
+    """Prints a run's entries (live: until its end); Ctrl-C aborts it when ``stop``.
+
+    Exits as ``wait`` does once the run ended: 0 only if it completed."""
+    import anyio
+
+    from ._run_view import RunView
+    from .client import SupervisorClient
+
+    view = RunView()
+    ended: list[str] = []
+
+    async def run() -> None:
+        async with SupervisorClient(url, prefix) as client:
+            async for entry in client.events(task_id, after=after, follow=live):
+                if as_json:
+                    _print(json.dumps({"id": entry.id, "type": entry.type, "data": entry.data}))
+                else:
+                    sys.stdout.write(view.render(entry))
+                    sys.stdout.flush()
+                if entry.terminal:
+                    ended.append(str(entry.data.get("state")))
+
+    try:
+        anyio.run(run)
+    except KeyboardInterrupt:
+        if not stop:
+            raise CliError(f"stopped following {task_id} (it goes on)", EXIT_FAILED) from None
+        _over_redis(url, prefix, lambda client: client.abort(task_id, "interrupted (Ctrl-C)"))
+        raise CliError(f"aborted {task_id} (Ctrl-C)", EXIT_FAILED) from None
+    if not ended:
+        return EXIT_OK if not live else EXIT_FAILED
+    return EXIT_OK if ended[0] == "completed" else EXIT_FAILED
 
 
 def _redis_target(
