@@ -103,12 +103,15 @@ async def follow(
     live: bool = True,
     block_ms: int = _BLOCK_MS,
     ended: Callable[[], Awaitable[bool]] | None = None,
+    confirm: Callable[[RunEntry], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[RunEntry]:
     """The run's entries after ``after``, in order; with ``live``, waits for new ones
     until the terminal entry. ``ended`` is asked whenever the stream stays quiet for
     ``block_ms``: once it says the run is over (its stream expired or was trimmed
     before the terminal entry), what is left is read and the iteration ends.
-    Malformed entries (anyone can XADD) are skipped."""
+    ``confirm`` is asked about each terminal entry: the run itself may append
+    to its stream, so a forged end (one the task record does not show) is
+    skipped. Malformed entries (anyone can XADD) are skipped too."""
     key = keys.run_events(task_id)
     last = after
     while True:
@@ -122,7 +125,7 @@ async def follow(
         for entry_id, fields in reply[0][1]:
             last = as_text(entry_id)
             entry = _parse(entry_id, fields)
-            if entry is None:
+            if entry is None or (entry.terminal and confirm and not await confirm(entry)):
                 continue
             yield entry
             if entry.terminal:

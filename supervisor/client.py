@@ -258,6 +258,12 @@ class SupervisorClient:
             record = await self.store.get(task_id)
             return record is None or record.get("state") in TERMINAL_STATES
 
+        async def confirm(entry: RunEntry) -> bool:
+            # The daemon writes the terminal entry in the record's own transition; a run
+            # could append a fake one to its stream, which the record does not show.
+            record = await self.store.get(task_id)
+            return record is not None and record.get("state") == entry.data.get("state")
+
         async for entry in follow_events(
             self.client,
             self.store.keys,
@@ -266,6 +272,7 @@ class SupervisorClient:
             live=follow,
             block_ms=_FOLLOW_BLOCK_MS,
             ended=ended,
+            confirm=confirm,
         ):
             yield entry
 

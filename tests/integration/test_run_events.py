@@ -182,3 +182,21 @@ async def test_oversized_or_malformed_input_is_refused_with_a_clear_error(
         record = await until_state(client, f"{task}x", "failed", timeout=30)
         assert why in record["reason"], record
         await asyncio.sleep(0)
+
+
+async def test_a_forged_end_in_the_stream_does_not_end_a_reader(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, key_prefix: str
+) -> None:
+    # A run may append to its own stream: a fake terminal entry the record does not
+    # show must not make readers stop (or report the wrong outcome).
+    start_daemon()
+    handle = await client.start(A + "slow_agent", "go", user_id="u")
+    await until_state(client, handle.task_id, "running")
+    fake = {"task_id": handle.task_id, "state": "completed", "at": 0, "detail": {}}
+    await client.client.xadd(
+        f"{key_prefix}events:{handle.task_id}", {"type": "state", "data": json.dumps(fake)}
+    )
+    await client.abort(handle.task_id, "real end")
+    entries = await _all(client, handle.task_id)
+    assert "completed" not in _kinds(entries)
+    assert entries[-1].data["state"] == "aborted"
