@@ -208,13 +208,18 @@ return {meta[1], meta[2], meta[3], redis.call('HGETALL', KEYS[2]),
 # caller drops the duplicates a rehash can cause and sorts. The work of a call
 # is bounded by its COUNT, so no listing holds Redis for longer than one page.
 # An index entry whose session is gone (expired or deleted) is dropped from
-# every index here, as it is met.
+# every index here, as it is met. Only the first page reads the app's and its
+# users' shared state, so a listing that fits one page is one round trip; later
+# pages would read the same few user states again and again, so the caller
+# reads the users it has not met yet once, at the end.
 # KEYS: index to read (app index or one user's index), app_state, app index, expiry
-# ARGV: base, user_part ('' when listing every user of the app), cursor, page size
-# Returns: {next cursor ('0' = done), app state (only with the last page),
-#           {{member, ct, ut, rev, state}...}, {user, user state, ...}}
+# ARGV: base, user_part ('' when listing every user of the app), cursor, page size,
+#       '1' to read the shared state too, else ''
+# Returns: {next cursor ('0' = done), {{member, ct, ut, rev, state}...},
+#           app state, {user, user state, ...}} (the last two empty without '1')
 LIST_PAGE = r"""
 local base = ARGV[1]
+local shared = ARGV[5] == '1'
 local scan = redis.call('ZSCAN', KEYS[1], ARGV[3], 'COUNT', ARGV[4])
 local entries = scan[2]
 local sessions = {}
@@ -236,7 +241,7 @@ for i = 1, #entries, 2 do
     if meta[1] then
       sessions[#sessions + 1] = {full, meta[1], meta[2], meta[3],
                                  redis.call('HGETALL', base .. 'state:' .. full)}
-      if not users[user] then
+      if shared and not users[user] then
         users[user] = true
         user_states[#user_states + 1] = user
         user_states[#user_states + 1] = redis.call('HGETALL', base .. 'user_state:' .. user)
@@ -249,8 +254,8 @@ for i = 1, #entries, 2 do
   end
 end
 local app_state = {}
-if scan[1] == '0' then
+if shared then
   app_state = redis.call('HGETALL', KEYS[2])
 end
-return {scan[1], app_state, sessions, user_states}
+return {scan[1], sessions, app_state, user_states}
 """

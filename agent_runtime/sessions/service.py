@@ -320,20 +320,26 @@ class RedisSessionService(BaseSessionService):
         # rehash) or a session re-read after an update keeps its latest copy.
         rows: dict[str, Sequence[Any]] = {}
         user_states: dict[str, dict[str, Any]] = {}
+        app_flat: Sequence[Any] = []
         cursor = "0"
+        shared = "1"
         async with translate_redis_errors(self._where):
             while True:
-                cursor_raw, app_flat, page, user_flat = await self._list_page(
+                cursor_raw, page, page_app, user_flat = await self._list_page(
                     keys=[index, app.app_state, app.index, app.expiry],
-                    args=[app.base, user_part, cursor, self.list_page_size],
+                    args=[app.base, user_part, cursor, self.list_page_size, shared],
                 )
                 for row in page:
                     rows[as_text(row[0])] = row
-                for i in range(0, len(user_flat), 2):
-                    user_states[as_text(user_flat[i])] = _pairs(user_flat[i + 1])
+                if shared:
+                    app_flat = page_app
+                    for i in range(0, len(user_flat), 2):
+                        user_states[as_text(user_flat[i])] = _pairs(user_flat[i + 1])
+                    shared = ""
                 cursor = as_text(cursor_raw)
                 if cursor == "0":
                     break
+            await self._read_user_states(app, rows, user_states)
         app_state = _pairs(app_flat)
         sessions = []
         for member, _ct, update_time, rev, state_flat in rows.values():
@@ -351,6 +357,24 @@ class RedisSessionService(BaseSessionService):
             sessions.append(session)
         sessions.sort(key=lambda s: (s.last_update_time, s.user_id, s.id))
         return ListSessionsResponse(sessions=sessions)
+
+    async def _read_user_states(
+        self, app: AppKeys, rows: dict[str, Sequence[Any]], into: dict[str, dict[str, Any]]
+    ) -> None:
+        """Reads the ``user:`` state of listed users the first page did not cover.
+
+        One ``HGETALL`` per user, pipelined a page at a time: each is its own short
+        command, so other clients' commands still run between them.
+        """
+        missing = sorted({m.partition(":")[0] for m in rows} - into.keys())
+        for start in range(0, len(missing), self.list_page_size):
+            chunk = missing[start : start + self.list_page_size]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for part in chunk:
+                    pipe.hgetall(app.user_state(decode_part(part)))
+                replies = await pipe.execute()
+            for part, stored in zip(chunk, replies, strict=True):
+                into[part] = {as_text(k): json.loads(v) for k, v in stored.items()}
 
     @override
     async def delete_session(self, *, app_name: str, user_id: str, session_id: str) -> None:
