@@ -157,12 +157,15 @@ def test_daemon_lifecycle_under_fake_systemd(
         assert len(pings) >= 4, systemd.messages[-10:]
         assert "Redis lost" in daemon.log()
         assert os.path.exists(f"/proc/{leader}"), "a run died with the Redis outage"
+        back_at = time.time()
         private_redis.start()
         systemd.wait_for("redis ok")
         assert daemon.logged("Redis back")
         # The run whose timeout passed during the outage was killed then; its end,
         # kept in the outbox, lands now.
         _until(lambda: admin.hget(f"{prefix}task:{expires}", "state") == "timed_out")
+        # Its record says when it ended, not when the outbox got it written.
+        assert float(admin.hget(f"{prefix}task:{expires}", "ended_at") or "inf") < back_at
         assert admin.hget(f"{prefix}task:{lives}", "state") == "running"
 
         assert daemon.proc is not None
