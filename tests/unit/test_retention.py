@@ -110,7 +110,7 @@ async def test_a_pass_prunes_the_directory_and_leaves_what_is_not_a_log(tmp_path
     retention = LogRetention(tmp_path, policy, 60, lambda: ["t00"])
     report = await retention.prune()
     assert report is not None and report.deleted == 15 and report.cut == {"t19.log": 45_000}
-    left = sorted(p.name for p in tmp_path.iterdir())
+    left = sorted(os.listdir(tmp_path))
     assert left == [
         "fifo.log",
         "link.log",
