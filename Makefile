@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/abort_under_load.py --mechanism pgroup
 	$(BIN)/python bench/spawn_latency.py
 	$(BIN)/python bench/reconcile_bench.py
+	$(BIN)/python bench/retention_bench.py
 	$(BIN)/python bench/plugin_abort_latency.py
 	$(BIN)/python bench/cli_latency.py
 
