@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/retention_bench.py
 	$(BIN)/python bench/plugin_abort_latency.py
 	$(BIN)/python bench/cli_latency.py
+	$(BIN)/python bench/stream_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
