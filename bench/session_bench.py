@@ -10,7 +10,16 @@ one-key state delta):
   with the session's length;
 * ``get_session`` of the whole N-event session (best of 3 calls);
 * for the Redis-based services, the Redis memory the session takes
-  (``INFO memory`` ``used_memory`` before and after), per 1000 events.
+  (``INFO memory`` ``used_memory`` before and after), per 1000 events;
+* ``list_sessions`` of one app holding ``--list-sessions`` sessions (default
+  20,000, spread over 200 users; best of 3 calls), and for the Redis-based
+  services how many commands (a script call counts as one) one listing sends,
+  how long they held the server in all, and how long the longest of them did
+  (each the median over the 3 listings), from the server's own ``SLOWLOG``
+  (``slowlog-log-slower-than 0``): every other client of that Redis, an abort
+  or a task transition, waits behind the command running. SQLite's own
+  service is left out of this part (``DatabaseSessionService`` runs on SQLite
+  already); seeding ``DatabaseSessionService`` takes most of its few minutes.
 
 Each service first runs a short untimed warm-up on a throwaway session (schema
 creation, connections, Lua script loading), so the numbers are steady-state costs.
@@ -26,6 +35,7 @@ Run it from the repository root::
 
     .venv/bin/python bench/session_bench.py                 # 1000 appends per service
     .venv/bin/python bench/session_bench.py --appends 5000 --json
+    .venv/bin/python bench/session_bench.py --list-sessions 0   # skip the listing part
 
 It prints a header describing the machine, a table, and the ratios the project
 targets, each marked ``ok`` or ``MISSED``. The exit code is 0 whatever the
@@ -77,6 +87,10 @@ APP_NAME = "bench"
 USER_ID = "u"
 GET_SESSION_TRIES = 3
 WARM_UP_APPENDS = 20
+LIST_APP = "bench_list"
+LIST_USERS = 200
+LIST_TRIES = 3
+SEED_BATCH = 50
 
 OURS = "ours (RedisSessionService)"
 ADK_REDIS = "ADK RedisSessionService"
@@ -109,6 +123,18 @@ class Result:
     append_last_ms: float
     get_session_ms: float
     redis_kb_per_1000_events: float | None
+
+
+@dataclass(frozen=True)
+class ListResult:
+    """``list_sessions`` of one service over ``sessions`` sessions, times in milliseconds."""
+
+    service: str
+    sessions: int
+    list_ms: float
+    redis_calls_per_list: float | None
+    redis_time_ms: float | None
+    longest_redis_call_ms: float | None
 
 
 @dataclass(frozen=True)
@@ -260,6 +286,85 @@ async def run_workload(spec: ServiceSpec, appends: int, probe: redis.Redis) -> R
     )
 
 
+async def seed_sessions(svc: BaseSessionService, count: int) -> None:
+    """Creates ``count`` sessions of :data:`LIST_APP` over :data:`LIST_USERS` users."""
+
+    async def one(i: int) -> None:
+        state: dict[str, Any] = {"n": i}
+        if i < LIST_USERS:
+            state["user:name"] = f"user {i}"
+        if i == 0:
+            state["app:version"] = 1
+        await svc.create_session(
+            app_name=LIST_APP, user_id=f"user{i % LIST_USERS}", state=state, session_id=f"s{i}"
+        )
+
+    for start in range(0, count, SEED_BATCH):
+        await asyncio.gather(*(one(i) for i in range(start, min(count, start + SEED_BATCH))))
+
+
+def redis_calls(probe: redis.Redis) -> list[float]:
+    """Durations (ms) of the clients' commands logged since the last ``SLOWLOG RESET``.
+
+    Commands a Lua script runs are logged too, from the client ``?:0``: they are
+    part of their script's call, not calls of their own.
+    """
+    entries = probe.slowlog_get(1_000_000)
+    own = {b"SLOWLOG", b"CONFIG", b"INFO"}
+    return [
+        e["duration"] / 1000
+        for e in entries
+        if e.get("client_address") != b"?:0" and e["command"].split(b" ", 1)[0].upper() not in own
+    ]
+
+
+async def run_list_workload(spec: ServiceSpec, count: int, probe: redis.Redis) -> ListResult:
+    """Seeds ``count`` sessions, then times ``list_sessions`` of the whole app."""
+    if spec.uses_redis:
+        probe.flushall()
+    async with spec.open() as svc:
+        await seed_sessions(svc, count)
+        await svc.list_sessions(app_name=LIST_APP)  # warm-up: scripts loaded, pools filled
+        calls: list[float] = []
+        busy: list[float] = []
+        longest: list[float] = []
+        times: list[float] = []
+        if spec.uses_redis:
+            probe.config_set("slowlog-max-len", 1_000_000)
+            probe.config_set("slowlog-log-slower-than", 0)
+        try:
+            for _ in range(LIST_TRIES):
+                gc.collect()
+                if spec.uses_redis:
+                    probe.slowlog_reset()
+                start = time.perf_counter()
+                listed = await svc.list_sessions(app_name=LIST_APP)
+                times.append(time.perf_counter() - start)
+                if spec.uses_redis:
+                    these = redis_calls(probe)
+                    calls.extend(these)
+                    busy.append(sum(these))
+                    longest.append(max(these))
+                if len(listed.sessions) != count:
+                    raise AssertionError(
+                        f"{spec.name}: list_sessions returned {len(listed.sessions)}, not {count}"
+                    )
+                if listed.sessions[0].state.get("app:version") != 1:
+                    raise AssertionError(f"{spec.name}: state is {listed.sessions[0].state!r}")
+        finally:
+            if spec.uses_redis:
+                probe.config_set("slowlog-log-slower-than", 10_000)
+                probe.config_set("slowlog-max-len", 128)
+    return ListResult(
+        service=spec.name,
+        sessions=count,
+        list_ms=min(times) * 1000,
+        redis_calls_per_list=len(calls) / LIST_TRIES if spec.uses_redis else None,
+        redis_time_ms=statistics.median(busy) if busy else None,
+        longest_redis_call_ms=statistics.median(longest) if longest else None,
+    )
+
+
 def ratios(results: dict[str, Result]) -> list[Ratio]:
     ours = results[OURS]
     return [
@@ -302,12 +407,41 @@ def environment(probe: redis.Redis) -> dict[str, Any]:
     }
 
 
-def print_report(env: dict[str, Any], results: list[Result], rows: list[Ratio]) -> None:
+def print_list_report(results: list[ListResult]) -> None:
+    print(f"\nlist_sessions of one app with {results[0].sessions} sessions; times in ms\n")
+    headers = ["service", "list_sessions", "Redis commands", "Redis time", "longest command"]
+
+    def cell(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    table = [
+        [
+            r.service,
+            f"{r.list_ms:.1f}",
+            cell(r.redis_calls_per_list, 0),
+            cell(r.redis_time_ms, 1),
+            cell(r.longest_redis_call_ms, 2),
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [headers, *table]) for i in range(len(headers))]
+    for row in [headers, *table]:
+        cells = [
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        print("  ".join(cells))
+
+
+def print_header(env: dict[str, Any]) -> None:
     print(
         f"{env['date_utc']} | {env['platform']} | {env['cpu_count']} CPUs | "
         f"Python {env['python']} | redis-server {env['redis_server']} | "
         f"google-adk {env['google_adk']}"
     )
+
+
+def print_report(results: list[Result], rows: list[Ratio]) -> None:
     print(f"{results[0].appends} appends per service; times in ms\n")
     headers = [
         "service",
@@ -348,42 +482,64 @@ def print_report(env: dict[str, Any], results: list[Result], rows: list[Ratio]) 
         )
 
 
-async def main_async(appends: int, as_json: bool) -> None:
+async def main_async(appends: int, list_count: int, as_json: bool) -> None:
     with RedisServer() as srv, tempfile.TemporaryDirectory(prefix="adk-bench-") as tmp:
         probe = redis.Redis.from_url(srv.url)
         try:
             env = environment(probe)
             results: list[Result] = []
+            listed: list[ListResult] = []
             for spec in service_specs(srv.url, Path(tmp)):
                 if not as_json:
                     print(f"running {spec.name} ...", file=sys.stderr, flush=True)
-                results.append(await run_workload(spec, appends, probe))
+                if appends:
+                    results.append(await run_workload(spec, appends, probe))
+                if list_count and spec.name != ADK_SQLITE:
+                    listed.append(await run_list_workload(spec, list_count, probe))
         finally:
             probe.close()
-    rows = ratios({r.service: r for r in results})
+    rows = ratios({r.service: r for r in results}) if results else []
     if as_json:
         report = {
             "environment": env,
             "results": [asdict(r) for r in results],
             "ratios": [{**asdict(x), "ok": x.ok} for x in rows],
+            "list_sessions": [asdict(r) for r in listed],
         }
         print(json.dumps(report, indent=2))
     else:
-        print_report(env, results, rows)
+        print_header(env)
+        if results:
+            print_report(results, rows)
+        if listed:
+            print_list_report(listed)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
-        "--appends", type=int, default=1000, help="events appended per service (default 1000)"
+        "--appends",
+        type=int,
+        default=1000,
+        help="events appended per service (default 1000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--list-sessions",
+        type=int,
+        default=20_000,
+        help="sessions in the app whose list_sessions is timed (default 20000; 0 skips it)",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
-    if args.appends < 20:
-        parser.error("--appends must be at least 20 (the report takes medians of 10 appends)")
+    if args.appends and args.appends < 20:
+        parser.error("--appends must be 0 or at least 20 (the report takes medians of 10 appends)")
+    if args.list_sessions < 0:
+        parser.error("--list-sessions must be 0 or more")
+    if not args.appends and not args.list_sessions:
+        parser.error("nothing to measure: --appends and --list-sessions are both 0")
     logging.getLogger("google_adk").setLevel(logging.ERROR)
     started = time.perf_counter()
-    asyncio.run(main_async(args.appends, args.json))
+    asyncio.run(main_async(args.appends, args.list_sessions, args.json))
     if not args.json:
         print(f"\nbenchmark run time: {time.perf_counter() - started:.1f} s")
 

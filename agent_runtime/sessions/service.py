@@ -316,8 +316,8 @@ class RedisSessionService(BaseSessionService):
             raise ValueError(f"user_id must be a non-empty string or None, got {user_id!r}")
         index = app.index if user_id is None else app.user_index(user_id)
         user_part = "" if user_id is None else app.session(user_id, "-").user_part
-        # Keyed by member: a page met twice (ZSCAN may repeat entries across a
-        # rehash) or a session re-read after an update keeps its latest copy.
+        # Keyed by member: an entry met twice (ZSCAN may repeat entries across a
+        # rehash of the index) keeps its last, so latest, copy.
         rows: dict[str, Sequence[Any]] = {}
         user_states: dict[str, dict[str, Any]] = {}
         app_flat: Sequence[Any] = []
@@ -363,8 +363,8 @@ class RedisSessionService(BaseSessionService):
     ) -> None:
         """Reads the ``user:`` state of listed users the first page did not cover.
 
-        One ``HGETALL`` per user, pipelined a page at a time: each is its own short
-        command, so other clients' commands still run between them.
+        One ``HGETALL`` per user, pipelined a page of them per round trip, so no
+        round trip holds Redis longer than a page of the listing does.
         """
         missing = sorted({m.partition(":")[0] for m in rows} - into.keys())
         for start in range(0, len(missing), self.list_page_size):
