@@ -9,7 +9,9 @@ yields to the run's events stream, and exits 0; if the agent raises,
 it writes the error to the task record (``error``) and exits 1. The daemon owns
 the record's state: the child never moves it. It records the ADK app name
 (``adk_app``) and the invocation id (``invocation_id``), which the daemon needs
-to seal the session after it killed the run.
+to seal the session after it killed the run. The invocation runs inside an
+``adk-supervisor.run`` span whose parent is the submitter's ``traceparent``,
+if any (see :mod:`agent_runtime.trace_context`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import traceback
 from typing import Any
 
 from .run_spec import RUN_ENV, RunSpec
+from .trace_context import configure_from_env, flush_spans, run_span
 
 EXIT_AGENT_ERROR = 1
 EXIT_BAD_SPEC = 2
@@ -81,19 +84,21 @@ async def run(spec: RunSpec) -> None:
         writer = EventWriter(sessions.redis, store.keys, spec.task_id, maxlen=spec.events_maxlen)
         invocation_id = None
         try:
-            async for event in runner.run_async(
-                user_id=spec.user_id,
-                session_id=spec.session_id,
-                new_message=_new_message(spec),
-                invocation_id=spec.invocation_id,
-                state_delta=spec.state_delta,
-                run_config=_run_config(spec.run_config),
-                yield_user_message=True,  # its invocation id is known before any agent runs
-            ):
-                if invocation_id is None and event.invocation_id:
-                    invocation_id = event.invocation_id
-                    await store.update(spec.task_id, {"invocation_id": invocation_id})
-                await writer.add(event)
+            # ADK opens its invocation span under whatever context is current here.
+            with run_span(spec.task_id, spec.traceparent):
+                async for event in runner.run_async(
+                    user_id=spec.user_id,
+                    session_id=spec.session_id,
+                    new_message=_new_message(spec),
+                    invocation_id=spec.invocation_id,
+                    state_delta=spec.state_delta,
+                    run_config=_run_config(spec.run_config),
+                    yield_user_message=True,  # its invocation id is known before any agent runs
+                ):
+                    if invocation_id is None and event.invocation_id:
+                        invocation_id = event.invocation_id
+                        await store.update(spec.task_id, {"invocation_id": invocation_id})
+                    await writer.add(event)
         finally:
             await writer.close()
         await runner.close()
@@ -113,6 +118,7 @@ async def _record_error(spec: RunSpec, error: str) -> None:
 def execute(spec: RunSpec) -> int:
     """Runs ``spec`` in this process; returns the exit code (errors go to the task record)."""
     try:
+        configure_from_env()
         asyncio.run(run(spec))
     except Exception as exc:
         traceback.print_exc()
@@ -122,6 +128,8 @@ def execute(spec: RunSpec) -> int:
         except Exception as record_exc:
             print(f"could not record the error in Redis: {record_exc}", file=sys.stderr)
         return EXIT_AGENT_ERROR
+    finally:
+        flush_spans()
     return 0
 
 

@@ -57,6 +57,8 @@ class RunSpec:
     run_config: dict[str, Any] | None = None
     """``streaming`` ("none" or "sse"), ``max_llm_calls``, ``custom_metadata``."""
     events_maxlen: int = 10_000
+    traceparent: str | None = None
+    """The submitter's W3C trace context: the parent of the run's spans (checked at admission)."""
 
     def to_json(self) -> str:
         """The spec as the JSON the child reads."""

@@ -96,6 +96,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "validate the configuration without starting anything",
         "adk-supervisor --config config.toml check-config",
     ),
+    "gateway": (
+        "serve ADK's api_server routes and web UI over HTTP, each run supervised",
+        "adk-supervisor --config config.toml gateway --port 8000   # then open /dev-ui/",
+    ),
 }
 
 
@@ -196,6 +200,20 @@ def _parser() -> argparse.ArgumentParser:
     p = parsers["wait"]
     p.add_argument("task_id")
     p.add_argument("--timeout", type=float, metavar="SEC", help="give up after SEC (exit 124)")
+    p = parsers["gateway"]
+    p.add_argument("--host", help="address to listen on (default: gateway_listen's, 127.0.0.1)")
+    p.add_argument(
+        "--port",
+        type=int,
+        help="port to listen on, 0 for any free one (default: gateway_listen's, 8000)",
+    )
+    p.add_argument(
+        "--wait-daemon",
+        type=float,
+        default=60.0,
+        metavar="SEC",
+        help="with no redis_url, wait up to SEC for the local daemon to say where its Redis is",
+    )
     return parser
 
 
@@ -571,6 +589,46 @@ def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: b
     return EXIT_OK if record.get("state") == "completed" else EXIT_FAILED
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    """``gateway``: FastAPI, uvicorn and ADK load here, for this command alone."""
+    settings = _settings(args)
+    url: str | None = args.redis_url or settings.redis_url
+    prefix = settings.key_prefix
+    if not url:  # the embedded Redis of the local daemon: it says where
+        url, prefix = _daemon_redis(args.socket or settings.status_socket, args.wait_daemon)
+    from .gateway import serve
+
+    serve(settings, redis_url=url, key_prefix=prefix, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _daemon_redis(socket: Path, wait_s: float) -> tuple[str, str]:
+    """The local daemon's Redis URL and key prefix, waiting up to ``wait_s`` for it to answer
+    (``make run`` starts the gateway beside a daemon that is still starting)."""
+    import logging
+    import time
+
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            reply = request(socket, "ping", io_timeout_s=10)
+        except DaemonUnavailable:
+            if time.monotonic() >= deadline:
+                raise _no_daemon(socket) from None
+            if not said:
+                logging.getLogger("adk_supervisor").info(
+                    "gateway: no redis_url set: waiting up to %gs for the daemon on %s to say "
+                    "where its Redis is",
+                    wait_s,
+                    socket,
+                )
+                said = True
+            time.sleep(0.2)
+            continue
+        return str(reply["redis_url"]), str(reply["key_prefix"])
+
+
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     from agent_runtime.redis_url import redact_url
 
@@ -648,6 +706,8 @@ def _main(argv: Sequence[str] | None) -> int:
             settings = _settings(args)
             run_foreground(settings, args.redis_url or settings.redis_url)
             return EXIT_OK
+        if args.command == "gateway":
+            return _gateway(args)
         return _client_command(args)
     except ConfigError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)

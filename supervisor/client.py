@@ -20,6 +20,7 @@ from agent_runtime.run_events import RunEntry
 from agent_runtime.run_events import follow as follow_events
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, InputTooLarge, RunInput
 from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore, check_task_id
+from agent_runtime.trace_context import check_traceparent
 
 from .errors import TaskExistsError, TaskNotFoundError
 
@@ -38,11 +39,14 @@ async def submit_task(
     task_id: str | None = None,
     timeout_s: float | None = None,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+    traceparent: str | None = None,
 ) -> str:
     """Creates the ``queued`` record and XADDs the run to the runs stream; returns the task id.
 
     ``message`` is plain text or a whole :class:`RunInput`; an input over
     ``max_input_bytes`` raises :class:`InputTooLarge` before anything is queued.
+    ``traceparent`` (a W3C trace context, checked here: ValueError) travels with
+    the run to its process, where the run's spans join that trace.
     Shared by :class:`SupervisorClient` and the daemon's status socket, so both
     queue runs exactly alike.
     """
@@ -56,6 +60,8 @@ async def submit_task(
     }
     if timeout_s is not None:
         fields["timeout_s"] = timeout_s
+    if traceparent:
+        fields["traceparent"] = check_traceparent(traceparent)
     created = await store.create(task_id, TaskState.QUEUED, fields)
     if not created.applied:
         raise TaskExistsError(f"task {task_id} already exists (state {created.previous})")
@@ -64,6 +70,8 @@ async def submit_task(
         entry["session_id"] = session_id
     if timeout_s is not None:
         entry["timeout"] = str(timeout_s)
+    if traceparent:
+        entry["traceparent"] = traceparent
     await store.client.xadd(store.keys.runs, entry)  # type: ignore[arg-type]
     return task_id
 
@@ -174,6 +182,7 @@ class SupervisorClient:
         session_id: str | None = None,
         task_id: str | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Queues a run and returns its task id (the record is ``queued`` at once).
 
@@ -187,6 +196,7 @@ class SupervisorClient:
             session_id=session_id,
             task_id=task_id,
             timeout_s=timeout_s,
+            traceparent=traceparent,
         )
 
     async def start(
@@ -203,8 +213,11 @@ class SupervisorClient:
         custom_metadata: Mapping[str, Any] | None = None,
         task_id: str | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
     ) -> RunHandle:
         """Queues a run with ADK's whole Runner input and returns its :class:`RunHandle`.
+
+        ``traceparent``: the caller's W3C trace context; ADK's spans of the run join it.
 
         ``message`` is text or a ``google.genai.types.Content`` (or its JSON as a
         dict): inline data, function responses (the answer to a long-running tool
@@ -232,6 +245,7 @@ class SupervisorClient:
             session_id=session_id,
             task_id=task_id,
             timeout_s=timeout_s,
+            traceparent=traceparent,
         )
         return RunHandle(started, self)
 

@@ -20,6 +20,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -53,6 +54,15 @@ __all__ = [
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
+
+
+def _split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) as (host, port); ValueError if malformed."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError('must be "host:port", such as "127.0.0.1:8000" or "[::1]:8000"')
+    return host, int(port)
 
 
 class AppLimits(BaseModel):
@@ -116,6 +126,12 @@ class Settings(BaseSettings):
     memory_max: ByteSize | None = None
     pids_max: int | None = Field(default=None, ge=1)
     cpu_max: float | None = Field(default=None, gt=0)
+    gateway_listen: str = "127.0.0.1:8000"
+    gateway_token: SecretStr | None = None
+    gateway_allow_origins: list[str] = Field(default_factory=list)
+    gateway_on_disconnect: Literal["abort", "continue"] = "abort"
+    gateway_keepalive_s: float = Field(default=15.0, gt=0)
+    gateway_dev_ui: bool = True
     apps: dict[str, str] = Field(default_factory=dict)
     app_limits: dict[str, AppLimits] = Field(default_factory=dict)
     """Per-app limits, written as ``[apps.<name>]`` tables (moved here on load)."""
@@ -156,6 +172,18 @@ class Settings(BaseSettings):
                 "must be a redis://, rediss:// or unix:// URL (leave it unset for the embedded Redis)"
             )
         return value
+
+    @field_validator("gateway_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        _split_listen(value)
+        return value
+
+    @field_validator("gateway_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        # TOML has no null: an empty token means none.
+        return value if value is not None and value.get_secret_value() else None
 
     @field_validator("node_id", "key_prefix")
     @classmethod
@@ -253,6 +281,11 @@ class Settings(BaseSettings):
                 f"most {_MAX_SOCKET_PATH}: set socket_path (or state_dir) to a shorter path"
             )
         return self
+
+    @property
+    def gateway_address(self) -> tuple[str, int]:
+        """``gateway_listen`` as (host, port)."""
+        return _split_listen(self.gateway_listen)
 
     @property
     def status_socket(self) -> Path:

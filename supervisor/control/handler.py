@@ -145,6 +145,7 @@ class ControlHandler:
         session_id = _text(request, "session_id", required=False)
         task_id = _text(request, "task_id", required=False)
         timeout_s = _seconds(request, "timeout_s")
+        traceparent = _text(request, "traceparent", required=False)
         try:
             sup.check_app(app)
         except ValueError as exc:
@@ -159,6 +160,7 @@ class ControlHandler:
                 task_id=task_id,
                 timeout_s=timeout_s,
                 max_input_bytes=sup.max_input_bytes,
+                traceparent=traceparent,
             )
         except ValueError as exc:  # bad input, an invalid task id, or one that exists already
             raise RequestError(str(exc)) from None

@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 from agent_runtime.abort_feed import Abort, AbortFeed
 from agent_runtime.redis_connection import REDIS_ERRORS
 
+from .metrics import NodeMetrics
 from .runs import RunTable
 
 __all__ = ["AbortListener"]
@@ -29,9 +30,16 @@ class AbortListener:
     """Feeds aborts to a :class:`RunTable`; :meth:`run` serves until cancelled."""
 
     def __init__(
-        self, client: aioredis.Redis, key_prefix: str, runs: RunTable, recheck_interval_s: float
+        self,
+        client: aioredis.Redis,
+        key_prefix: str,
+        runs: RunTable,
+        recheck_interval_s: float,
+        *,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._runs = runs
+        self._metrics = metrics or NodeMetrics()
         self._interval = recheck_interval_s
         self._feed = AbortFeed(client, key_prefix, self._on_abort, runs.ids)
 
@@ -61,8 +69,6 @@ class AbortListener:
         if done == "parked":
             log.info("abort for %s: arrived while it starts; killed once spawned", abort.task_id)
             return
-        log.info(
-            "abort %s: kill sent %.2f ms after receipt",
-            abort.task_id,
-            (time.monotonic() - abort.received) * 1000,
-        )
+        latency = time.monotonic() - abort.received
+        self._metrics.abort_kill(latency)
+        log.info("abort %s: kill sent %.2f ms after receipt", abort.task_id, latency * 1000)

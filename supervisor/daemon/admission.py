@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, RunInput, parse_input
 from agent_runtime.task_store import InvalidTaskIdError, check_task_id
+from agent_runtime.trace_context import check_traceparent
 
 from ..errors import SupervisorError
 
@@ -57,6 +58,7 @@ class RunRequest:
     session_id: str
     input: RunInput
     timeout_s: float | None
+    traceparent: str | None = None
 
 
 def resolve_app(app: str, apps: Mapping[str, str], allow_import_paths: bool) -> str:
@@ -115,6 +117,7 @@ def admit(
         if timeout is not None and not (0 < timeout < math.inf):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         run_input = parse_input(entry, max_input_bytes)
+        traceparent = check_traceparent(entry["traceparent"]) if entry.get("traceparent") else None
     except ValueError as exc:
         raise Rejected(str(exc), task_id) from None
     return RunRequest(
@@ -125,4 +128,5 @@ def admit(
         session_id=entry.get("session_id") or task_id,
         input=run_input,
         timeout_s=timeout,
+        traceparent=traceparent,
     )

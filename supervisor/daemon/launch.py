@@ -36,6 +36,7 @@ from .aborts import AbortListener
 from .admission import Rejected, RunRequest, admit
 from .credentials import RunCredentials
 from .intake import Entry
+from .metrics import NodeMetrics
 from .outcome import ended_badly, outcome
 from .reaper import Reaper
 from .recorder import Recorder
@@ -78,6 +79,7 @@ class Launcher:
         credentials: RunCredentials,
         log_dir: Path,
         spec_dir: Path,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._node = node
@@ -94,6 +96,7 @@ class Launcher:
         self._credentials = credentials
         self._log_dir = log_dir
         self._spec_dir = spec_dir
+        self._metrics = metrics or NodeMetrics()
         self.finished: Counter[str] = Counter()
         """Terminal states of the runs this node ran since it started."""
 
@@ -109,6 +112,7 @@ class Launcher:
                 max_input_bytes=self._settings.max_input_bytes,
             )
         except Rejected as exc:
+            self._metrics.rejected()
             log.warning("run request %r rejected: %s", entry.id, exc)
             if exc.task_id is not None:
                 # Only a queued record: a stray entry must not end someone's live run.
@@ -120,6 +124,7 @@ class Launcher:
                 )
             await entry.ack()
             return
+        self._metrics.taken(request.task_id, request.app)
         if not self._runs.begin_start(request.task_id):
             # A duplicate entry of a run this daemon already handles: leave that one alone.
             log.warning(
@@ -137,6 +142,7 @@ class Launcher:
         finally:
             # Left behind only if the run never read it (it holds the prompt).
             spec_path(self._spec_dir, request.task_id).unlink(missing_ok=True)
+            self._metrics.forget(request.task_id)
             await self._credentials.release(request.task_id)  # if the run never started
 
     async def _start(self, entry: Entry, request: RunRequest) -> ActiveRun | None:
@@ -184,6 +190,7 @@ class Launcher:
             invocation_id=request.input.invocation_id,
             run_config=request.input.run_config,
             events_maxlen=self._settings.events_maxlen,
+            traceparent=request.traceparent,
         )
         # The entry is acknowledged and the record says `starting` from here on: a local
         # error (a full disk, EMFILE) must end the run as `failed`, never be retried as
@@ -238,6 +245,7 @@ class Launcher:
             None if request.timeout_s is None else now + request.timeout_s,
         )
         self._runs.add(run)
+        self._metrics.spawned(spec)
         if early_exit is not None:
             run.on_exit(early_exit)
         else:
@@ -264,6 +272,7 @@ class Launcher:
                 "cgroup": str(run.container.cgroup or ""),
             },
         )
+        self._metrics.running(run.task_id)
         # An abort published between the first check and registering the run found
         # nothing to kill.
         with contextlib.suppress(*REDIS_ERRORS):
@@ -347,9 +356,11 @@ class Launcher:
             self.finished[state.value] += 1
             duration = gone - run.started
             fields["duration_s"] = f"{duration:.3f}"
+            self._metrics.finished(run.spec, state, duration)
             await self._recorder.record(run.task_id, state, fields)
         finally:
             self._runs.remove(run)
+            self._metrics.removed(run.spec)
         await self._credentials.release(run.task_id)
         killed = (
             f" (tree gone {(gone - run.kill.sent_at) * 1000:.1f} ms after the kill)"
@@ -365,6 +376,7 @@ class Launcher:
             fields.get("reason"),
         )
         if run.kill is not None:
+            self._metrics.kill_to_gone(run.kill.state, gone - run.kill.sent_at)
             given = {
                 "adk_app": run.spec.app_name,
                 "user_id": run.spec.user_id,

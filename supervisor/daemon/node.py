@@ -39,6 +39,8 @@ from .credentials import RunCredentials
 from .health import Health
 from .intake import Intake
 from .launch import Launcher, NodeIdentity
+from .metrics import NodeMetrics
+from .metrics_service import MetricsService
 from .peers import PeerWatch, Takeover
 from .reaper import Reaper
 from .reconcile import ReconcileReport, reconcile_node
@@ -103,11 +105,23 @@ class Supervisor:
         self._stopping = anyio.Event()
 
         keys = self.store.keys
+        self.metrics = NodeMetrics(
+            self.node_id,
+            info={
+                "version": package_version(),
+                "kill_mechanism": self.containment.name,
+                "spawner": self.spawner.name,
+            },
+        )
         self.reaper = Reaper()
         self.runs = RunTable(self.containment, self.reaper, settings.kill_grace_s)
-        self.recorder = Recorder(self.store, keys.node_tasks(self.node_id))
+        self.recorder = Recorder(self.store, keys.node_tasks(self.node_id), self.metrics)
         self.aborts = AbortListener(
-            self.client, settings.key_prefix, self.runs, settings.heartbeat_interval_s
+            self.client,
+            settings.key_prefix,
+            self.runs,
+            settings.heartbeat_interval_s,
+            metrics=self.metrics,
         )
         self.sealer = Sealer(self.store, settings.session_ttl_s)
         self.credentials = RunCredentials(
@@ -133,6 +147,7 @@ class Supervisor:
             credentials=self.credentials,
             log_dir=self.log_dir,
             spec_dir=self.spec_dir,
+            metrics=self.metrics,
         )
         self.intake = Intake(
             self.client, keys, self.node_id, settings.max_concurrent_runs, self.launcher.launch
@@ -160,6 +175,13 @@ class Supervisor:
             self.summary,
             lambda: len(self.runs),
             self._after_beat,
+        )
+        self.metrics.slots.labels(self.node_id).set(settings.max_concurrent_runs)
+        self.metrics.bind(
+            outbox=lambda: self.recorder.backlog,
+            redis_up=lambda: self.health.redis_healthy,
+            fork_server_restarts=lambda: getattr(self.spawner, "restarts", 0),
+            draining=lambda: self.intake.draining,
         )
 
     # ------------------------------------------------------------- lifecycle
@@ -190,6 +212,8 @@ class Supervisor:
                 await tg.start(self.intake.run)
                 await tg.start(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
                 await tg.start(self.retention.run)
+                if (address := self.settings.metrics_address) is not None:
+                    await tg.start(self._metrics_service(address).run)
                 if report.failures:
                     tg.start_soon(self.sealer.seal_orphans, report.failures)
                 await tg.start(self._status_socket().serve)
@@ -261,6 +285,7 @@ class Supervisor:
             except REDIS_ERRORS as exc:
                 log.warning("Redis unreachable at start (%s); retrying in %.1fs", exc, backoff)
             else:
+                self.metrics.orphans("reconcile", "failed", report.failed)
                 if report.failed:
                     log.warning(
                         "reconcile: %d orphaned runs failed (%d killed)",
@@ -279,6 +304,16 @@ class Supervisor:
             log.error("reconcile skipped: %s", describe_reply(key, exc))
             return ReconcileReport(0, 0, 0, 0.0)
 
+    def _metrics_service(self, address: tuple[str, int]) -> MetricsService:
+        return MetricsService(
+            self.metrics,
+            address,
+            self.settings.metrics_poll_interval_s,
+            self.client,
+            self.store.keys.runs,
+            lambda: self.runs,
+        )
+
     def _status_socket(self) -> StatusSocketServer:
         settings = self.settings
         return StatusSocketServer(
@@ -291,6 +326,8 @@ class Supervisor:
         )
 
     async def _took_over(self, takeover: Takeover) -> None:
+        self.metrics.orphans("peer", "failed", takeover.moved)
+        self.metrics.orphans("peer", "claimed", takeover.claimed)
         if takeover.claimed:
             self.intake.rescan_pending()
         if takeover.failed:

@@ -45,6 +45,8 @@ class Takeover:
     node_id: str
     failed: dict[str, dict[str, object]]
     claimed: int
+    moved: int = 0
+    """How many of ``failed`` this node moved (a peer that noticed first moved the rest)."""
 
 
 class PeerWatch:
@@ -169,4 +171,4 @@ class PeerWatch:
             moved,
             claimed,
         )
-        return Takeover(node, failures, claimed)
+        return Takeover(node, failures, claimed, moved)

@@ -19,6 +19,8 @@ from redis.exceptions import ResponseError
 from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply, wrong_type
 from agent_runtime.task_store import TaskState, TaskStore
 
+from .metrics import NodeMetrics
+
 __all__ = ["Recorder"]
 
 log = logging.getLogger("adk_supervisor")
@@ -29,8 +31,11 @@ _RETRY_S = 0.2
 class Recorder:
     """Writes transitions now, or later in order; :meth:`run` is the flusher."""
 
-    def __init__(self, store: TaskStore, node_tasks_key: str) -> None:
+    def __init__(
+        self, store: TaskStore, node_tasks_key: str, metrics: NodeMetrics | None = None
+    ) -> None:
         self._store = store
+        self._metrics = metrics or NodeMetrics()
         self._node_tasks_key = node_tasks_key
         self._outbox: deque[tuple[str, TaskState, dict[str, object]]] = deque()
         self._wake = anyio.Event()
@@ -46,6 +51,7 @@ class Recorder:
         """Writes a transition now, or keeps it in order until Redis is back. Never raises
         for Redis trouble."""
         if state.terminal:
+            self._metrics.recorded_end(task_id, state)
             # When it ended, not when Redis took it: the outbox may hold it for minutes.
             fields = {"ended_at": repr(time.time()), **fields}
         if not self._outbox:

@@ -177,6 +177,8 @@ class ForkServerSpawner:
         self._server_pidfd: int | None = None
         self._sock: socket.socket | None = None
         self._lock = anyio.Lock()
+        self.restarts = 0
+        """Times a lost server was replaced on the spawn path (the metrics read it)."""
 
     def start(self) -> None:
         """Starts the server (it preloads in the background; requests queue meanwhile)."""
@@ -229,6 +231,7 @@ class ForkServerSpawner:
                     self._sock.send(request)
                 except OSError as exc:  # the server died before it read anything: resend
                     log.warning("fork server lost (%s); restarting it", exc)
+                    self.restarts += 1
                     self.close()
                     if attempt == 2:
                         raise SpawnError(f"the fork server failed twice: {exc}") from exc
@@ -239,6 +242,7 @@ class ForkServerSpawner:
                     # A run it forked waits for "go", which a dead server never writes:
                     # nothing of this request runs, so asking a new server is safe.
                     log.warning("fork server lost (%s); restarting it", exc)
+                    self.restarts += 1
                     self.close()
                     if attempt == 2:
                         raise SpawnError(f"the fork server failed twice: {exc}") from exc

@@ -12,6 +12,7 @@ from agent_runtime import RedisSessionService
 from agent_runtime.task_store import TaskStore
 
 from .daemon_harness import Daemon
+from .gateway_harness import GatewayProcess
 
 
 @pytest.fixture
@@ -59,3 +60,25 @@ async def store(redis_url: str, key_prefix: str) -> AsyncIterator[TaskStore]:
     client = aioredis.Redis.from_url(redis_url)
     yield TaskStore(client, key_prefix)
     await client.aclose()
+
+
+@pytest.fixture
+def start_gateway(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> Iterator[Callable[..., GatewayProcess]]:
+    """Starts real gateways (``python -m supervisor gateway --port 0``) on the shared test
+    Redis and stops them after the test. ``start(**env)`` sets ``ADK_SUPERVISOR_*`` settings;
+    the gateway serves the apps of ``gateway_harness.EXAMPLE_APPS``."""
+    gateways: list[GatewayProcess] = []
+
+    def start(**env: str) -> GatewayProcess:
+        gateway = GatewayProcess(
+            redis_url, key_prefix, tmp_path / f"gateway{len(gateways)}" / "gateway.log", **env
+        )
+        gateways.append(gateway)
+        gateway.start()
+        return gateway
+
+    yield start
+    for gateway in gateways:
+        gateway.stop()

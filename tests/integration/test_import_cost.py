@@ -33,6 +33,8 @@ def test_client_and_cli_load_neither_adk_nor_the_daemon(module: str) -> None:
     loaded = _loaded(f"import {module}")
     assert _adk(loaded) == []
     assert not {"supervisor.daemon", "supervisor.process.spawners"} & loaded
+    # The gateway's web stack loads for `adk-supervisor gateway` alone.
+    assert not {"fastapi", "uvicorn", "starlette", "supervisor.gateway"} & loaded
 
 
 def test_help_loads_neither_redis_nor_pydantic() -> None:

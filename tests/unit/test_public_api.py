@@ -44,6 +44,14 @@ def test_supervisor_exports_the_client_settings_and_errors_only() -> None:
     ]
 
 
+def test_gateway_exports_its_app_factory_and_server() -> None:
+    import supervisor.gateway
+
+    assert sorted(supervisor.gateway.__all__) == ["create_app", "serve"]
+    for name in supervisor.gateway.__all__:
+        assert callable(getattr(supervisor.gateway, name))
+
+
 def test_every_exported_name_resolves() -> None:
     for package in (agent_runtime, supervisor):
         for name in package.__all__:
