@@ -41,9 +41,10 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-from google.adk.agents.base_agent import BaseAgent
-from google.adk.agents.invocation_context import InvocationContext
-from google.adk.events.event import Event
+from google.adk.agents import LlmAgent
+from google.adk.models.base_llm import BaseLlm
+from google.adk.models.llm_request import LlmRequest
+from google.adk.models.llm_response import LlmResponse
 from google.adk.runners import InMemoryRunner
 from google.genai import types
 
@@ -161,15 +162,28 @@ def _fork_run(request: dict[str, Any], daemon: int, server: socket.socket) -> tu
     return int(data), go_write
 
 
-class _WarmUpAgent(BaseAgent):
-    async def _run_async_impl(self, ctx: InvocationContext) -> AsyncGenerator[Event, None]:
-        yield Event(author=self.name, invocation_id=ctx.invocation_id)
+class _WarmUpLlm(BaseLlm):
+    """A model that answers at once: the warm-up runs the whole LLM-agent path (flows,
+    request processors, tool handling), which ADK imports on its first use."""
+
+    model: str = "warm-up"
+
+    async def generate_content_async(
+        self, llm_request: LlmRequest, stream: bool = False
+    ) -> AsyncGenerator[LlmResponse, None]:
+        yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="ok")]))
+
+
+def _warm_up_tool() -> str:
+    """Unused: declared so the tool-declaration path is imported too."""
+    return "ok"
 
 
 async def _warm_up() -> None:
     # ADK imports much of itself lazily on the first invocation (its workflow
     # engine alone is ~0.4 s here): one in-memory invocation pulls all of it in.
-    runner = InMemoryRunner(agent=_WarmUpAgent(name="warm_up"), app_name="warm_up")
+    agent = LlmAgent(name="warm_up", model=_WarmUpLlm(), tools=[_warm_up_tool])
+    runner = InMemoryRunner(agent=agent, app_name="warm_up")
     session = await runner.session_service.create_session(app_name="warm_up", user_id="u")
     message = types.Content(role="user", parts=[types.Part(text="warm up")])
     async for _ in runner.run_async(user_id="u", session_id=session.id, new_message=message):
