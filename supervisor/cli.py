@@ -180,6 +180,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, metavar="SEC", help="kill the run as timed_out after SEC"
     )
+    p.add_argument(
+        "--traceparent",
+        help="a W3C trace context (00-<trace id>-<span id>-<flags>): the run's spans join it",
+    )
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit as `wait`")
     p.add_argument(
         "--follow",
@@ -424,6 +428,7 @@ def _client_command(args: argparse.Namespace) -> int:
                     session_id=args.session_id,
                     task_id=args.task_id,
                     timeout_s=args.timeout,
+                    traceparent=args.traceparent,
                 ),
             )
         )
@@ -475,6 +480,7 @@ def _through_daemon(socket: Path, args: argparse.Namespace) -> dict[str, Any]:
         session_id=args.session_id,
         task_id=args.task_id,
         timeout_s=args.timeout,
+        traceparent=args.traceparent,
     )
 
 

@@ -65,6 +65,15 @@ def _split_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) as (host, port); ValueError if it is not one."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError('must be "host:port", such as "127.0.0.1:9464" or "[::1]:9464"')
+    return host, int(port)
+
+
 class AppLimits(BaseModel):
     """The options of an ``[apps.<name>]`` table besides ``ref``."""
 
@@ -122,6 +131,9 @@ class Settings(BaseSettings):
     node_dead_after_s: float = Field(default=30.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    metrics_listen: str = ""
+    """Where ``/metrics`` is served, ``host:port``; empty: not at all."""
+    metrics_poll_interval_s: float = Field(default=5.0, gt=0)
     allow_import_paths: bool = False
     memory_max: ByteSize | None = None
     pids_max: int | None = Field(default=None, ge=1)
@@ -196,6 +208,13 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _metrics_listen(cls, value: str) -> str:
+        if value:
+            _host_port(value)
+        return value
 
     @field_validator("socket_mode", mode="before")
     @classmethod
@@ -292,6 +311,11 @@ class Settings(BaseSettings):
         """Where the status socket lives (``socket_path``, else ``state_dir/supervisor.sock``)."""
         assert self.socket_path is not None  # set by the validator
         return self.socket_path
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port); None when metrics are off."""
+        return _host_port(self.metrics_listen) if self.metrics_listen else None
 
     @classmethod
     def settings_customise_sources(
