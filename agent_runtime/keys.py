@@ -92,6 +92,32 @@ class KeySchema:
         """String with a TTL: exists while the node's daemon reaches Redis."""
         return f"{self.prefix}node:{node_id}:heartbeat"
 
+    # -- one live run per session (the scripts of task_store.py build the same names)
+    @staticmethod
+    def session_part(app_name: str, user_id: str, session_id: str) -> str:
+        """``<app>:<user>:<session>``, each percent-encoded: names one session's line."""
+        return f"{_enc(app_name)}:{_enc(user_id)}:{_enc(session_id)}"
+
+    def session_lease(self, app_name: str, user_id: str, session_id: str) -> str:
+        """String: the task id of the one run that may use the session now (its live run,
+        or the next one, handed the lease and on its way to a daemon)."""
+        return f"{self.prefix}session-lease:{self.session_part(app_name, user_id, session_id)}"
+
+    def session_queue(self, app_name: str, user_id: str, session_id: str) -> str:
+        """List: the task ids waiting for the session's lease, in submit order."""
+        return f"{self.prefix}session-queue:{self.session_part(app_name, user_id, session_id)}"
+
+    def task_session(self, task_id: str) -> str:
+        """String: the session part of a run's line (lease or queue), until its end is recorded.
+
+        Outside the record, which the run may write: a run cannot redirect its release.
+        """
+        return f"{self.prefix}task-session:{task_id}"
+
+    def parked_run(self, task_id: str) -> str:
+        """Hash: the runs-stream entry of a waiting run, put back on the stream at its turn."""
+        return f"{self.prefix}parked:{task_id}"
+
     # -- the in-process plugin
     @property
     def plugin_running(self) -> str:

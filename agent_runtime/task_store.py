@@ -18,19 +18,24 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from .keys import DEFAULT_PREFIX, KeySchema
+from ._session_line import LINE_LUA
+from .keys import DEFAULT_PREFIX, RUNS_GROUP, KeySchema
 from .redis_connection import WrongTypeError, as_text, describe_reply, wrong_type
 from .run_events import DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_TTL_S
 
 __all__ = [
+    "IF_BUSY_CHOICES",
     "LIVE_STATES",
     "TERMINAL_STATES",
+    "IfBusy",
     "InvalidTaskIdError",
+    "LineResult",
+    "SessionRef",
     "TaskState",
     "TaskStore",
     "TransitionResult",
@@ -94,49 +99,67 @@ _ALLOWED_FROM: Final[dict[TaskState, tuple[TaskState, ...]]] = {
 }
 
 HISTORY_MAXLEN: Final = 10_000
+IfBusy = Literal["wait", "refuse"]
+IF_BUSY_CHOICES: Final = ("wait", "refuse")
+"""What a run submitted for a session that has a live run does: wait for its turn
+(the default), or be refused at once."""
 MAX_ABORT_PAYLOAD: Final = 64 * 1024
 """Abort payloads longer than this are not parsed (they still abort)."""
 MAX_REASON: Final = 4096
 """Abort reasons are cut to this many characters before they reach a record."""
+_MAX_QUOTED_ID: Final = 200
 
-# Both scripts also append the move to the run's events stream as a `state` entry
+# The scripts also append the move to the run's events stream as a `state` entry
 # (see run_events.py), and a terminal move starts that stream's expiry. pcall: a
 # key of the wrong type there (anyone's write) must not block the move itself.
+# The transition, submit and claim scripts start with the session line's library
+# (_session_line.py: ARGV[1] is the key prefix); a terminal move releases the run's
+# place in its session's line in the same script, so no crash can leave it held.
 
-# KEYS: task hash, run events stream. ARGV: new state, allowed from-states (space
-# separated), event JSON, events channel, per-task channel, TTL in ms (0: none),
-# events stream MAXLEN (0: no entry), events stream TTL in ms (0: none), then
-# field/value pairs.
-_TRANSITION = r"""
+# KEYS: task hash, run events stream. ARGV: key prefix, task id, new state, allowed
+# from-states (space separated), event JSON, events channel, per-task channel, TTL in
+# ms (0: none), events stream MAXLEN (0: no entry), events stream TTL in ms (0: none),
+# '1' to move only a run in a session line, then field/value pairs.
+_TRANSITION = (
+    LINE_LUA
+    + r"""
+local task = ARGV[2]
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then
   return {'MISSING', ''}
 end
 local ok = false
-for s in string.gmatch(ARGV[2], '%S+') do
+for s in string.gmatch(ARGV[4], '%S+') do
   if s == cur then ok = true end
 end
 if not ok then
   return {'REJECTED', cur}
 end
-if #ARGV > 8 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 9))
+if ARGV[11] == '1' and not get_str(P .. 'task-session:' .. task) then
+  return {'REJECTED', cur}
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1])
-local ttl = tonumber(ARGV[6])
+if #ARGV > 11 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+local ttl = tonumber(ARGV[8])
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
 end
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-redis.call('PUBLISH', ARGV[5], ARGV[3])
-if tonumber(ARGV[7]) > 0 then
-  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], '*', 'type', 'state', 'data', ARGV[3])
-  if tonumber(ARGV[8]) > 0 then
-    redis.pcall('PEXPIRE', KEYS[2], ARGV[8])
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+redis.call('PUBLISH', ARGV[7], ARGV[5])
+if tonumber(ARGV[9]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[9], '*', 'type', 'state', 'data', ARGV[5])
+  if tonumber(ARGV[10]) > 0 then
+    redis.pcall('PEXPIRE', KEYS[2], ARGV[10])
   end
+end
+if TERMINAL[ARGV[3]] then
+  release(task)
 end
 return {'OK', cur}
 """
+)
 
 # KEYS: task hash, run events stream. ARGV: event JSON, events channel, per-task
 # channel, events stream MAXLEN (0: no entry), then field/value pairs.
@@ -152,6 +175,149 @@ if tonumber(ARGV[4]) > 0 then
 end
 return {'OK', ''}
 """
+
+# A submitted run: its `queued` record, its runs-stream entry and its place in its
+# session's line (the free lease, else the end of the queue), all or nothing; with
+# if_busy 'refuse', nothing at all while another run holds the session.
+# KEYS: task hash, run events stream. ARGV: key prefix, task id, session part, if_busy,
+# event JSON, events channel, per-task channel, events stream MAXLEN, number n of record
+# field/value items, the n record items, then the stream entry's field/value pairs.
+_SUBMIT = (
+    LINE_LUA
+    + r"""
+local task, part = ARGV[2], ARGV[3]
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return {'EXISTS', redis.call('HGET', KEYS[1], 'state') or ''}
+end
+local runs = P .. 'runs'
+local kind = redis.call('TYPE', runs)['ok']
+if kind ~= 'none' and kind ~= 'stream' then
+  return {'NOSTREAM', kind}
+end
+local h = holder(part)
+local queue = P .. 'session-queue:' .. part
+local ahead = ''
+if h then
+  if ARGV[4] == 'refuse' then
+    return {'BUSY', h}
+  end
+  ahead = redis.call('LINDEX', queue_of(part), -1) or h
+end
+local n = tonumber(ARGV[9])
+redis.call('XADD', runs, '*', unpack(ARGV, 10 + n))
+if h then
+  redis.call('RPUSH', queue, task)
+else
+  redis.call('SET', P .. 'session-lease:' .. part, task)
+end
+redis.call('SET', P .. 'task-session:' .. task, part)
+redis.call('HSET', KEYS[1], unpack(ARGV, 10, 9 + n))
+if ahead ~= '' then
+  redis.call('HSET', KEYS[1], 'waiting_for', ahead)
+end
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+redis.call('PUBLISH', ARGV[7], ARGV[5])
+if tonumber(ARGV[8]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', 'state', 'data', ARGV[5])
+end
+return {'OK', ahead}
+"""
+)
+
+# A daemon's claim of a queued run it read off the runs stream: `starting` if the run
+# holds its session's lease (a run that is in no line yet, XADDed by hand, takes a free
+# one), else the entry is parked, acknowledged and deleted (the run waits, holding no
+# slot), or with if_busy 'refuse' nothing changes and the caller fails the run.
+# KEYS: task hash, run events stream. ARGV: key prefix, task id, session part, if_busy,
+# event JSON, events channel, per-task channel, events stream MAXLEN, runs-stream entry
+# id, consumer group, number n of field/value items to set with `starting`, the n items,
+# then the stream entry's field/value pairs.
+_CLAIM = (
+    LINE_LUA
+    + r"""
+local task = ARGV[2]
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then
+  return {'MISSING', ''}
+end
+if cur ~= 'queued' then
+  return {'REJECTED', cur}
+end
+local bind = P .. 'task-session:' .. task
+local part = get_str(bind) or ARGV[3]
+local h = holder(part)
+if not h then
+  redis.call('SET', P .. 'session-lease:' .. part, task)
+  h = task
+end
+if h ~= task and ARGV[4] == 'refuse' then
+  return {'BUSY', h}
+end
+redis.call('SET', bind, part)
+local n = tonumber(ARGV[11])
+if h ~= task then
+  local queue = queue_of(part)
+  local pos = redis.call('LPOS', queue, task)
+  local ahead
+  if pos then
+    ahead = (pos == 0 and h) or redis.call('LINDEX', queue, pos - 1)
+  else
+    ahead = redis.call('LINDEX', queue, -1) or h
+    redis.call('RPUSH', queue, task)
+  end
+  local parked = P .. 'parked:' .. task
+  redis.call('DEL', parked)
+  redis.call('HSET', parked, unpack(ARGV, 12 + n))
+  redis.call('HSET', KEYS[1], 'waiting_for', ahead)
+  redis.pcall('XACK', P .. 'runs', ARGV[10], ARGV[9])
+  redis.pcall('XDEL', P .. 'runs', ARGV[9])
+  return {'WAITING', ahead}
+end
+redis.call('HDEL', KEYS[1], 'waiting_for')
+if n > 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 12, 11 + n))
+end
+redis.call('HSET', KEYS[1], 'state', 'starting')
+redis.call('PUBLISH', ARGV[6], ARGV[5])
+redis.call('PUBLISH', ARGV[7], ARGV[5])
+if tonumber(ARGV[8]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', 'state', 'data', ARGV[5])
+end
+return {'OK', cur}
+"""
+)
+
+
+class SessionRef(NamedTuple):
+    """The ADK session a run uses, as submitted: the app string (an [apps] name or an
+    import path), the user id and the session id. One live run per session."""
+
+    app: str
+    user_id: str
+    session_id: str
+
+    @property
+    def part(self) -> str:
+        """The session's name in its line's keys (see :meth:`KeySchema.session_part`)."""
+        return KeySchema.session_part(self.app, self.user_id, self.session_id)
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """Outcome of :meth:`TaskStore.submit` or :meth:`TaskStore.claim`.
+
+    ``outcome``: ``ok`` (submitted / claimed), ``exists`` (submit: the task id is
+    taken), ``rejected`` (claim: the record is no longer ``queued``), ``missing``
+    (claim: no record), ``waiting`` (claim: parked behind another run), ``busy``
+    (``if_busy="refuse"`` and another run holds the session). ``state``: the
+    record's state before (``ok`` of a claim, ``exists``, ``rejected``).
+    ``other``: the run this one waits for (``waiting``, or a submit that joined
+    a queue), or the live run that holds the session (``busy``).
+    """
+
+    outcome: Literal["ok", "exists", "rejected", "missing", "waiting", "busy"]
+    state: str | None = None
+    other: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +375,8 @@ class TaskStore:
         self._events_ttl_ms = int(events_ttl_s * 1000) if events_ttl_s else 0
         self._transition = client.register_script(_TRANSITION)
         self._create = client.register_script(_CREATE)
+        self._submit = client.register_script(_SUBMIT)
+        self._claim = client.register_script(_CLAIM)
 
     @property
     def key_prefix(self) -> str:
@@ -254,6 +422,128 @@ class TaskStore:
             await self._history(event)
         return TransitionResult(applied, None if applied else as_text(prev))
 
+    async def submit(
+        self,
+        task_id: str,
+        fields: Mapping[str, object],
+        entry: Mapping[str, str],
+        session: SessionRef,
+        *,
+        if_busy: IfBusy = "wait",
+    ) -> LineResult:
+        """Queues a run: its ``queued`` record (``fields``), its runs-stream ``entry`` and
+        its place in its session's line (the free lease, else the end of the queue: then
+        ``other`` names the run ahead of it, and the record's ``waiting_for`` too), all in
+        one script. With ``if_busy="refuse"``, nothing is written while another run holds
+        the session (``busy``, ``other`` = that run)."""
+        now = time.time()
+        record: dict[str, object] = {
+            "task_id": task_id,
+            "state": TaskState.QUEUED.value,
+            "created_at": repr(now),
+        }
+        record.update({k: v for k, v in fields.items() if v is not None})
+        event = self._event(
+            task_id,
+            TaskState.QUEUED.value,
+            now,
+            {k: v for k, v in fields.items() if k != "message"},
+        )
+        flat = _flat(record)
+        async with self._named(task_id):
+            status, other = await self._submit(
+                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
+                args=[
+                    self.keys.prefix,
+                    task_id,
+                    session.part,
+                    if_busy,
+                    event,
+                    self.keys.task_events,
+                    self.keys.task_channel(task_id),
+                    self._events_maxlen,
+                    len(flat),
+                    *flat,
+                    *_flat(entry),
+                ],
+            )
+        if as_text(status) == "OK":
+            await self._history(event)
+            return LineResult("ok", None, as_text(other) or None)
+        if as_text(status) == "NOSTREAM":
+            raise WrongTypeError(f"{self.keys.runs} holds a {as_text(other)}, not a stream")
+        return self._line_result(status, other)
+
+    async def claim(
+        self,
+        task_id: str,
+        fields: Mapping[str, object],
+        session: SessionRef,
+        entry_id: bytes | str,
+        entry: Mapping[str, str],
+        *,
+        if_busy: IfBusy = "wait",
+    ) -> LineResult:
+        """A daemon's claim of a ``queued`` run it read off the runs stream.
+
+        ``ok``: the run holds its session's lease and is ``starting`` now, with
+        ``fields``. ``waiting``: another run holds the session; the entry is parked
+        (acknowledged and deleted from the stream, put back on it at the run's turn)
+        and ``other`` names the run ahead. ``busy`` (``if_busy="refuse"``): nothing
+        changed, the caller fails the run. ``rejected``, ``missing``: as for
+        :meth:`transition`.
+        """
+        now = time.time()
+        event = self._event(task_id, TaskState.STARTING.value, now, fields)
+        flat = _flat(fields)
+        async with self._named(task_id):
+            status, other = await self._claim(
+                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
+                args=[
+                    self.keys.prefix,
+                    task_id,
+                    session.part,
+                    if_busy,
+                    event,
+                    self.keys.task_events,
+                    self.keys.task_channel(task_id),
+                    self._events_maxlen,
+                    entry_id,
+                    RUNS_GROUP,
+                    len(flat),
+                    *flat,
+                    *_flat(entry),
+                ],
+            )
+        result = self._line_result(status, other)
+        if result.outcome == "ok":
+            await self._history(event)
+        return result
+
+    @staticmethod
+    def _line_result(status: bytes | str, other: bytes | str | None) -> LineResult:
+        # A task id read from a lease or queue: any length anyone wrote (a real one is at
+        # most 128 characters); it ends up in reasons and logs.
+        text = as_text(other)[:_MAX_QUOTED_ID] if other is not None else ""
+        match as_text(status):
+            case "OK":
+                return LineResult("ok", text)
+            case "EXISTS":
+                return LineResult("exists", text)
+            case "REJECTED":
+                return LineResult("rejected", text)
+            case "WAITING":
+                return LineResult("waiting", None, text)
+            case "BUSY":
+                return LineResult("busy", None, text)
+        return LineResult("missing")
+
+    async def session_holder(self, session: SessionRef) -> str | None:
+        """The task id holding the session's lease (its live run, or the next one on its way
+        to a daemon), or None. A read for display: the scripts decide, not this."""
+        value = await self.client.get(self.keys.session_lease(*session))
+        return as_text(value) if isinstance(value, bytes | str) else None
+
     async def transition(
         self,
         task_id: str,
@@ -262,7 +552,33 @@ class TaskStore:
         *,
         allowed_from: Iterable[TaskState] | None = None,
     ) -> TransitionResult:
-        """Moves the task to ``state`` if its current state allows it; sets ``fields`` with it."""
+        """Moves the task to ``state`` if its current state allows it; sets ``fields`` with it.
+
+        A terminal move also releases the run's place in its session's line: the
+        next run of that session gets its turn."""
+        return await self._move(task_id, state, fields, allowed_from, in_line_only=False)
+
+    async def abort_waiting(self, task_id: str, reason: str) -> TransitionResult:
+        """Records ``aborted`` for a run that is still ``queued`` in a session's line (waiting
+        for its turn, or handed it and not yet started), and takes it out of the line; any
+        other task is left alone (``applied`` False)."""
+        return await self._move(
+            task_id,
+            TaskState.ABORTED,
+            {"reason": reason},
+            (TaskState.QUEUED,),
+            in_line_only=True,
+        )
+
+    async def _move(
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: Mapping[str, object] | None,
+        allowed_from: Iterable[TaskState] | None,
+        *,
+        in_line_only: bool,
+    ) -> TransitionResult:
         fields = dict(fields or {})
         now = time.time()
         if state.terminal:
@@ -272,23 +588,37 @@ class TaskStore:
         async with self._named(task_id):
             status, prev = await self._transition(
                 keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                args=[
-                    state.value,
-                    " ".join(s.value for s in sources),
-                    event,
-                    self.keys.task_events,
-                    self.keys.task_channel(task_id),
-                    self._terminal_ttl_ms if state.terminal else 0,
-                    self._events_maxlen,
-                    self._events_ttl_ms if state.terminal else 0,
-                    *_flat(fields),
-                ],
+                args=self._transition_args(task_id, state, sources, event, fields, in_line_only),
             )
         status = as_text(status)
         if status == "OK":
             await self._history(event)
             return TransitionResult(True, as_text(prev))
         return TransitionResult(False, None if status == "MISSING" else as_text(prev))
+
+    def _transition_args(
+        self,
+        task_id: str,
+        state: TaskState,
+        sources: Iterable[TaskState],
+        event: str,
+        fields: Mapping[str, object],
+        in_line_only: bool = False,
+    ) -> list[str | int]:
+        return [
+            self.keys.prefix,
+            task_id,
+            state.value,
+            " ".join(s.value for s in sources),
+            event,
+            self.keys.task_events,
+            self.keys.task_channel(task_id),
+            self._terminal_ttl_ms if state.terminal else 0,
+            self._events_maxlen,
+            self._events_ttl_ms if state.terminal else 0,
+            "1" if in_line_only else "0",
+            *_flat(fields),
+        ]
 
     async def fail_many(self, failures: Mapping[str, Mapping[str, object]]) -> int:
         """Moves many non-terminal tasks to ``failed`` in pipelined batches; returns how many moved."""
@@ -303,20 +633,15 @@ class TaskStore:
                     f = {**fields, "ended_at": repr(now)}
                     event = self._event(task_id, TaskState.FAILED.value, now, f)
                     events.append(event)
-                    sources = " ".join(s.value for s in _ALLOWED_FROM[TaskState.FAILED])
                     await self._transition(
                         keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                        args=[
-                            TaskState.FAILED.value,
-                            sources,
+                        args=self._transition_args(
+                            task_id,
+                            TaskState.FAILED,
+                            _ALLOWED_FROM[TaskState.FAILED],
                             event,
-                            self.keys.task_events,
-                            self.keys.task_channel(task_id),
-                            self._terminal_ttl_ms,
-                            self._events_maxlen,
-                            self._events_ttl_ms,
-                            *_flat(f),
-                        ],
+                            f,
+                        ),
                         client=pipe,
                     )
                 replies = await pipe.execute()
@@ -400,12 +725,20 @@ class TaskStore:
     async def request_abort(
         self, task_id: str, reason: str = "", ttl_s: int = 7 * 24 * 3600
     ) -> int:
-        """Leaves the durable abort mark, then publishes the abort; returns the subscriber count."""
-        payload = json.dumps({"action": "abort", "reason": reason or "aborted by request"})
+        """Leaves the durable abort mark, then publishes the abort; returns the subscriber count.
+
+        A run still waiting in its session's line has no process to kill: it is
+        recorded ``aborted`` here at once, and leaves the line."""
+        reason = reason or "aborted by request"
+        payload = json.dumps({"action": "abort", "reason": reason})
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.set(self.keys.abort_mark(task_id), payload, ex=ttl_s)
             pipe.publish(self.keys.abort_channel(task_id), payload)
             _, receivers = await pipe.execute()
+        try:
+            await self.abort_waiting(task_id, reason[:MAX_REASON])
+        except WrongTypeError as exc:  # the abort itself is out: the mark and the message
+            log.error("abort of %s: %s", task_id, exc)
         return int(receivers)
 
     async def abort_marks(self, task_ids: Iterable[str]) -> dict[str, str]:

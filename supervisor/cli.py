@@ -33,6 +33,7 @@ from .errors import (
     DaemonError,
     DaemonUnavailable,
     RedisServerError,
+    SessionBusyError,
     SocketInUseError,
     SupervisorError,
     TaskNotFoundError,
@@ -183,6 +184,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--traceparent",
         help="a W3C trace context (00-<trace id>-<span id>-<flags>): the run's spans join it",
+    )
+    p.add_argument(
+        "--if-busy",
+        choices=("wait", "refuse"),
+        default="wait",
+        help="while another run holds the session: wait for it (default), or refuse (exit 1)",
     )
     p.add_argument("--wait", action="store_true", help="wait for the run to end; exit as `wait`")
     p.add_argument(
@@ -429,6 +436,7 @@ def _client_command(args: argparse.Namespace) -> int:
                     task_id=args.task_id,
                     timeout_s=args.timeout,
                     traceparent=args.traceparent,
+                    if_busy=args.if_busy,
                 ),
             )
         )
@@ -481,6 +489,7 @@ def _through_daemon(socket: Path, args: argparse.Namespace) -> dict[str, Any]:
         task_id=args.task_id,
         timeout_s=args.timeout,
         traceparent=args.traceparent,
+        if_busy=args.if_busy,
     )
 
 
@@ -727,6 +736,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except DaemonUnavailable as exc:
         print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except SessionBusyError as exc:  # submit --if-busy refuse: not queued
+        print(f"adk-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except DaemonError as exc:
         print(f"adk-supervisor: the daemon refused: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -19,10 +19,17 @@ from agent_runtime.redis_connection import connect
 from agent_runtime.run_events import RunEntry
 from agent_runtime.run_events import follow as follow_events
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, InputTooLarge, RunInput
-from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore, check_task_id
+from agent_runtime.task_store import (
+    IF_BUSY_CHOICES,
+    TERMINAL_STATES,
+    IfBusy,
+    SessionRef,
+    TaskStore,
+    check_task_id,
+)
 from agent_runtime.trace_context import check_traceparent
 
-from .errors import TaskExistsError, TaskNotFoundError
+from .errors import SessionBusyError, TaskExistsError, TaskNotFoundError
 
 __all__ = ["InputTooLarge", "RunEntry", "RunHandle", "RunInput", "SupervisorClient", "submit_task"]
 
@@ -40,6 +47,7 @@ async def submit_task(
     timeout_s: float | None = None,
     max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     traceparent: str | None = None,
+    if_busy: IfBusy = "wait",
 ) -> str:
     """Creates the ``queued`` record and XADDs the run to the runs stream; returns the task id.
 
@@ -47,9 +55,14 @@ async def submit_task(
     ``max_input_bytes`` raises :class:`InputTooLarge` before anything is queued.
     ``traceparent`` (a W3C trace context, checked here: ValueError) travels with
     the run to its process, where the run's spans join that trace.
+    One live run per session (app, user, session): a run submitted while another
+    holds its session waits for its turn, in submit order (``if_busy="wait"``), or
+    raises :class:`SessionBusyError` and is not queued (``if_busy="refuse"``).
     Shared by :class:`SupervisorClient` and the daemon's status socket, so both
     queue runs exactly alike.
     """
+    if if_busy not in IF_BUSY_CHOICES:
+        raise ValueError(f"if_busy must be one of {', '.join(IF_BUSY_CHOICES)}, not {if_busy!r}")
     run_input = message if isinstance(message, RunInput) else RunInput(message=message)
     input_fields = run_input.fields(max_input_bytes)
     task_id = check_task_id(task_id) if task_id else uuid.uuid4().hex
@@ -62,9 +75,6 @@ async def submit_task(
         fields["timeout_s"] = timeout_s
     if traceparent:
         fields["traceparent"] = check_traceparent(traceparent)
-    created = await store.create(task_id, TaskState.QUEUED, fields)
-    if not created.applied:
-        raise TaskExistsError(f"task {task_id} already exists (state {created.previous})")
     entry: dict[str, str] = {"task_id": task_id, "app": app, "user_id": user_id, **input_fields}
     if session_id:
         entry["session_id"] = session_id
@@ -72,7 +82,19 @@ async def submit_task(
         entry["timeout"] = str(timeout_s)
     if traceparent:
         entry["traceparent"] = traceparent
-    await store.client.xadd(store.keys.runs, entry)  # type: ignore[arg-type]
+    if if_busy != "wait":
+        entry["if_busy"] = if_busy
+    session = SessionRef(app, user_id, session_id or task_id)
+    queued = await store.submit(task_id, fields, entry, session, if_busy=if_busy)
+    if queued.outcome == "exists":
+        raise TaskExistsError(f"task {task_id} already exists (state {queued.state})")
+    if queued.outcome == "busy":
+        holder = queued.other or ""
+        raise SessionBusyError(
+            f"session {session.session_id!r} (app {app!r}, user {user_id!r}) is busy: "
+            f"task {holder} holds it; submitted with if_busy=refuse, so not queued",
+            holder,
+        )
     return task_id
 
 
@@ -183,11 +205,14 @@ class SupervisorClient:
         task_id: str | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
+        if_busy: IfBusy = "wait",
     ) -> str:
         """Queues a run and returns its task id (the record is ``queued`` at once).
 
         ``message``: plain text, or a :class:`RunInput` (see :meth:`start` for the
-        keywords that build one)."""
+        keywords that build one). One live run per session: while another run holds
+        the session, this one waits for its turn (``if_busy="wait"``, the record
+        shows ``waiting_for``), or raises :class:`SessionBusyError` (``"refuse"``)."""
         return await submit_task(
             self.store,
             app,
@@ -197,6 +222,7 @@ class SupervisorClient:
             task_id=task_id,
             timeout_s=timeout_s,
             traceparent=traceparent,
+            if_busy=if_busy,
         )
 
     async def start(
@@ -214,6 +240,7 @@ class SupervisorClient:
         task_id: str | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
+        if_busy: IfBusy = "wait",
     ) -> RunHandle:
         """Queues a run with ADK's whole Runner input and returns its :class:`RunHandle`.
 
@@ -222,7 +249,8 @@ class SupervisorClient:
         ``message`` is text or a ``google.genai.types.Content`` (or its JSON as a
         dict): inline data, function responses (the answer to a long-running tool
         or a confirmation) and all. ``invocation_id`` continues a paused
-        invocation; ``streaming`` streams partial text (ADK's SSE mode).
+        invocation; ``streaming`` streams partial text (ADK's SSE mode);
+        ``if_busy`` as for :meth:`submit`.
         """
         run_config: dict[str, Any] = {}
         if streaming:
@@ -246,6 +274,7 @@ class SupervisorClient:
             task_id=task_id,
             timeout_s=timeout_s,
             traceparent=traceparent,
+            if_busy=if_busy,
         )
         return RunHandle(started, self)
 

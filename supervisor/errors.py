@@ -18,6 +18,7 @@ __all__ = [
     "RedisServerError",
     "RequestError",
     "RunCredentialsUnavailable",
+    "SessionBusyError",
     "SocketInUseError",
     "SpawnError",
     "StateDirLocked",
@@ -50,6 +51,17 @@ class TaskNotFoundError(SupervisorError, LookupError):
 
 class TaskExistsError(SupervisorError, ValueError):
     """A task with that id already exists."""
+
+
+class SessionBusyError(SupervisorError, ValueError):
+    """A run submitted with ``if_busy="refuse"`` for a session another run holds.
+
+    ``task_id`` names that run (the session's live run, or the next one on its way).
+    """
+
+    def __init__(self, message: str, task_id: str) -> None:
+        super().__init__(message)
+        self.task_id = task_id
 
 
 class RequestError(SupervisorError, ValueError):

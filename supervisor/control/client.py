@@ -12,7 +12,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import DaemonError, DaemonUnavailable, TaskNotFoundError
+from ..errors import DaemonError, DaemonUnavailable, SessionBusyError, TaskNotFoundError
 from .protocol import MAX_REPLY, encode
 
 __all__ = ["request"]
@@ -24,8 +24,9 @@ def request(path: Path, cmd: str, *, io_timeout_s: float = 30.0, **fields: Any) 
     ``io_timeout_s`` bounds the wait for the daemon; every other keyword is a
     field of the request (``timeout_s`` included: the run's own timeout).
     Raises :class:`DaemonUnavailable` when no daemon answers (or it does not
-    answer within ``io_timeout_s``), :class:`TaskNotFoundError` for an unknown task
-    and :class:`DaemonError` for any other refusal.
+    answer within ``io_timeout_s``), :class:`TaskNotFoundError` for an unknown task,
+    :class:`SessionBusyError` for a refused submit and :class:`DaemonError` for any
+    other refusal.
     """
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(io_timeout_s)
@@ -47,6 +48,8 @@ def request(path: Path, cmd: str, *, io_timeout_s: float = 30.0, **fields: Any) 
         message = str(reply.get("error", "unknown error"))
         if reply.get("kind") == "not_found":
             raise TaskNotFoundError(message)
+        if reply.get("kind") == "session_busy":
+            raise SessionBusyError(message, str(reply.get("task_id", "")))
         raise DaemonError(message)
     return reply
 

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 from agent_runtime.redis_url import redact_url
 from agent_runtime.run_input import RunInput
-from agent_runtime.task_store import TaskStore
+from agent_runtime.task_store import IF_BUSY_CHOICES, TaskStore
 
 from ..client import submit_task
-from ..errors import RequestError, TaskNotFoundError
+from ..errors import RequestError, SessionBusyError, TaskNotFoundError
 from .protocol import COMMANDS
 from .server import Peer
 
@@ -146,6 +146,11 @@ class ControlHandler:
         task_id = _text(request, "task_id", required=False)
         timeout_s = _seconds(request, "timeout_s")
         traceparent = _text(request, "traceparent", required=False)
+        if_busy = _text(request, "if_busy", required=False) or "wait"
+        if if_busy not in IF_BUSY_CHOICES:
+            raise RequestError(
+                f'submit: field "if_busy" must be one of {", ".join(IF_BUSY_CHOICES)}'
+            )
         try:
             sup.check_app(app)
         except ValueError as exc:
@@ -161,7 +166,10 @@ class ControlHandler:
                 timeout_s=timeout_s,
                 max_input_bytes=sup.max_input_bytes,
                 traceparent=traceparent,
+                if_busy="refuse" if if_busy == "refuse" else "wait",
             )
+        except SessionBusyError:
+            raise
         except ValueError as exc:  # bad input, an invalid task id, or one that exists already
             raise RequestError(str(exc)) from None
         log.info(

@@ -3,7 +3,9 @@
 A request is ``{"cmd": "...", ...}``; a reply is ``{"ok": true, ...}`` or
 ``{"ok": false, "error": "...", "kind": "..."}``, where ``kind`` (when present)
 names the error class so clients need not parse messages: ``not_found`` for
-an unknown task, ``bad_request`` for anything the client must change.
+an unknown task, ``bad_request`` for anything the client must change,
+``session_busy`` for a submit with ``if_busy: "refuse"`` while another run holds
+the session (``task_id`` names that run).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from ..errors import RequestError, TaskNotFoundError
+from ..errors import RequestError, SessionBusyError, TaskNotFoundError
 
 __all__ = [
     "COMMANDS",
@@ -52,4 +54,7 @@ def error_reply(error: str | Exception) -> dict[str, Any]:
         reply["kind"] = "not_found"
     elif isinstance(error, RequestError):
         reply["kind"] = "bad_request"
+    elif isinstance(error, SessionBusyError):
+        reply["kind"] = "session_busy"
+        reply["task_id"] = error.task_id
     return reply

@@ -25,7 +25,7 @@ import anyio
 from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskStatus
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from ..errors import RequestError, SocketInUseError, TaskNotFoundError
+from ..errors import RequestError, SessionBusyError, SocketInUseError, TaskNotFoundError
 from .protocol import MAX_LINE, decode_request, encode, error_reply
 
 __all__ = ["Handler", "Peer", "StatusSocketServer", "bind_unix_socket"]
@@ -209,7 +209,7 @@ class StatusSocketServer:
         try:
             request = decode_request(line)
             reply = await self.handler(request, peer)
-        except (RequestError, TaskNotFoundError) as exc:
+        except (RequestError, TaskNotFoundError, SessionBusyError) as exc:
             return error_reply(exc)
         except Exception as exc:  # one failing request must not take the socket down
             log.exception("status socket: request %r failed", line[:200])

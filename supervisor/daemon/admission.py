@@ -15,17 +15,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, RunInput, parse_input
-from agent_runtime.task_store import InvalidTaskIdError, check_task_id
+from agent_runtime.task_store import IF_BUSY_CHOICES, IfBusy, InvalidTaskIdError, check_task_id
 from agent_runtime.trace_context import check_traceparent
 
 from ..errors import SupervisorError
 
-__all__ = ["QUOTED_CHARS", "Rejected", "RunRequest", "admit", "resolve_app"]
+__all__ = ["QUOTED_CHARS", "Rejected", "RunRequest", "admit", "entry_fields", "resolve_app"]
 
 _REQUIRED = ("app", "user_id")
 _MAX_TASK_ID = 128  # check_task_id's own bound: longer ids are refused before it quotes them
 # No import path is this long; an admitted app is logged and recorded with every run.
 _MAX_APP = 1024
+
+# Every field of an entry admission reads (the input's among them); the rest is ignored.
+_ENTRY_FIELDS = (
+    "task_id",
+    "app",
+    "user_id",
+    "session_id",
+    "timeout",
+    "if_busy",
+    "message",
+    "content",
+    "state_delta",
+    "invocation_id",
+    "run_config",
+    "traceparent",
+)
 
 QUOTED_CHARS = 200
 """How much of an untrusted value a rejection message quotes."""
@@ -59,6 +75,13 @@ class RunRequest:
     input: RunInput
     timeout_s: float | None
     traceparent: str | None = None
+    if_busy: IfBusy = "wait"
+
+
+def entry_fields(entry: Mapping[str, str]) -> dict[str, str]:
+    """The fields of ``entry`` that admission reads: what a run waiting for its session keeps
+    of its entry (an entry may carry any number of other fields)."""
+    return {name: entry[name] for name in _ENTRY_FIELDS if name in entry}
 
 
 def resolve_app(app: str, apps: Mapping[str, str], allow_import_paths: bool) -> str:
@@ -118,6 +141,11 @@ def admit(
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout}")
         run_input = parse_input(entry, max_input_bytes)
         traceparent = check_traceparent(entry["traceparent"]) if entry.get("traceparent") else None
+        if_busy = entry.get("if_busy") or "wait"
+        if if_busy not in IF_BUSY_CHOICES:
+            raise ValueError(
+                f"if_busy must be one of {', '.join(IF_BUSY_CHOICES)}, got {_quoted(if_busy)}"
+            )
     except ValueError as exc:
         raise Rejected(str(exc), task_id) from None
     return RunRequest(
@@ -129,4 +157,5 @@ def admit(
         input=run_input,
         timeout_s=timeout,
         traceparent=traceparent,
+        if_busy="refuse" if if_busy == "refuse" else "wait",  # narrowed for the type
     )

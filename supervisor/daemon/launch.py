@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 from agent_runtime.redis_connection import REDIS_ERRORS
 from agent_runtime.run_events import append_entry
 from agent_runtime.run_spec import RunSpec, spec_path
-from agent_runtime.task_store import TaskState, TaskStore, TransitionResult, parse_abort_payload
+from agent_runtime.task_store import SessionRef, TaskState, TaskStore, parse_abort_payload
 
 from ..config import Settings
 from ..process.containment import Containment
@@ -33,7 +33,7 @@ from ..process.identity import process_start_ticks
 from ..process.limits import Limiter
 from ..process.spawners import Spawner
 from .aborts import AbortListener
-from .admission import Rejected, RunRequest, admit
+from .admission import Rejected, RunRequest, admit, entry_fields
 from .credentials import RunCredentials
 from .intake import Entry
 from .metrics import NodeMetrics
@@ -314,21 +314,48 @@ class Launcher:
             "started_at": repr(time.time()),
         }
         added = await self._recorder.track(task_id)
-        moved = await self._store.transition(task_id, TaskState.STARTING, starting)
-        if moved.missing:
-            moved = await self._store.create(task_id, TaskState.STARTING, starting)
-        if not moved.applied and moved.previous == TaskState.STARTING.value:
+        # One live run per session: `starting` only with the session's lease, else the
+        # entry is parked (acknowledged, no slot held) until the run's turn.
+        session = SessionRef(request.app, request.user_id, request.session_id)
+        kept = entry_fields(entry.fields)
+        turn = await self._store.claim(
+            task_id, starting, session, entry.id, kept, if_busy=request.if_busy
+        )
+        if turn.outcome == "missing":  # an entry XADDed by hand: no record yet
+            await self._store.create(
+                task_id,
+                TaskState.QUEUED,
+                {k: starting[k] for k in ("app", "user_id", "session_id")},
+            )
+            turn = await self._store.claim(
+                task_id, starting, session, entry.id, kept, if_busy=request.if_busy
+            )
+        moved = turn.outcome == "ok"
+        if turn.outcome == "rejected" and turn.state == TaskState.STARTING.value:
             # Our own start, cut short by a Redis error before the spawn (a spawned run
             # would be in the run table): nothing runs, so it may simply go on.
             (owner,) = await self._store.fields_many([task_id], ("node_id", "boot_id"))
-            if owner == {"node_id": self._node.node_id, "boot_id": self._node.boot_id}:
-                moved = TransitionResult(True, TaskState.STARTING.value)
+            moved = owner == {"node_id": self._node.node_id, "boot_id": self._node.boot_id}
+        elif turn.outcome == "busy":
+            await self._store.transition(
+                task_id,
+                TaskState.FAILED,
+                {"reason": f"session busy: task {turn.other} holds it (if_busy=refuse)"},
+                allowed_from=(TaskState.QUEUED,),
+            )
         await entry.ack()
-        if not moved.applied:
+        if not moved:
             if added:
                 await self._store.client.srem(self._node_tasks, task_id)
-            log.info("task %s not started: it is already %s", task_id, moved.previous)
-        return moved.applied
+            why = {"waiting": "waits for", "busy": "refused: its session is busy with"}
+            log.info(
+                "task %s not started: %s",
+                task_id,
+                f"{why[turn.outcome]} task {turn.other}"
+                if turn.outcome in why
+                else f"it is already {turn.state}",
+            )
+        return moved
 
     async def _aborted_before_start(self, task_id: str, reason: str) -> None:
         await self._recorder.record(task_id, TaskState.ABORTED, {"reason": reason})

@@ -121,6 +121,7 @@ class Supervisor:
             settings.key_prefix,
             self.runs,
             settings.heartbeat_interval_s,
+            store=self.store,
             metrics=self.metrics,
         )
         self.sealer = Sealer(self.store, settings.session_ttl_s)

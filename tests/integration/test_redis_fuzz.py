@@ -302,6 +302,29 @@ class Garbage:
                     self.plant(pipe, heartbeat)
                 else:
                     pipe.delete(heartbeat)
+            # Session lines (one live run per session): bindings of the garbage task ids to
+            # a few lines, whose leases, queues and parked entries hold garbage.
+            lines = [b"fz-line-%d" % i for i in range(3)]
+            for task_id in rng.sample(self.task_ids, 4):
+                binding = k.prefix.encode() + b"task-session:" + task_id
+                if rng.random() < 0.7:
+                    pipe.set(binding, rng.choice(lines))
+                else:
+                    self.plant(pipe, binding)
+                self.plant(
+                    pipe, k.prefix.encode() + b"parked:" + task_id, rng.choice(("hash", None))
+                )
+            for line in lines:
+                lease = k.prefix.encode() + b"session-lease:" + line
+                queue = k.prefix.encode() + b"session-queue:" + line
+                if rng.random() < 0.5:
+                    pipe.set(lease, rng.choice(self.task_ids))
+                else:
+                    self.plant(pipe, lease)
+                if rng.random() < 0.5:
+                    pipe.rpush(queue, *rng.sample(self.task_ids, 3))
+                else:
+                    self.plant(pipe, queue)
             # Commands that fail on a key of the wrong type fail here too: that is the point.
             await pipe.execute(raise_on_error=False)
 

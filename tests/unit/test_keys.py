@@ -33,3 +33,13 @@ def test_session_keys_share_the_app_hash_tag_and_encode_ids() -> None:
     assert session.meta == "adk:{A}:sess:u%3A1:s%7B2%7D"
     assert session.events == "adk:{A}:ev:u%3A1:s%7B2%7D"
     assert KeySchema("adk:").app("a}b").index == "adk:{a%7Db}:idx"
+
+
+def test_session_line_keys_encode_the_session_and_keep_their_names() -> None:
+    # The task store's Lua builds the same names from the prefix and the session part.
+    keys = KeySchema("adk:")
+    assert KeySchema.session_part("w", "u:1", "s 2") == "w:u%3A1:s%202"
+    assert keys.session_lease("w", "u:1", "s") == "adk:session-lease:w:u%3A1:s"
+    assert keys.session_queue("w", "u:1", "s") == "adk:session-queue:w:u%3A1:s"
+    assert keys.task_session("t1") == "adk:task-session:t1"
+    assert keys.parked_run("t1") == "adk:parked:t1"

@@ -30,6 +30,7 @@ def test_supervisor_exports_the_client_settings_and_errors_only() -> None:
         "NodeIdInUse",
         "RedisServerError",
         "RequestError",
+        "SessionBusyError",
         "Settings",
         "SocketInUseError",
         "SpawnError",
