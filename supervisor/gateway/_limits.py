@@ -3,18 +3,24 @@
 A body is at most ``max_input_bytes`` (a run's whole input) plus a little for
 the JSON around it. A declared ``Content-Length`` over it is refused at once;
 a chunked body is counted as it arrives and cut where it passes the limit.
+Before the 413 the rest of the body is read and dropped (up to a few times the
+limit, for a few seconds): a client still sending when the server answers and
+closes would see a reset connection instead of the answer.
 """
 
 from __future__ import annotations
 
 import json
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["BodyLimit", "body_limit"]
 
 _ENVELOPE = 64 * 1024
+_DRAIN_FACTOR = 4
+_DRAIN_S = 5.0
 
 
 def body_limit(max_input_bytes: int) -> int:
@@ -49,6 +55,7 @@ class BodyLimit:
             return
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.strip().isdigit() and int(value) > self._limit:
+                await self._drain(receive)
                 await self._refuse(send, int(value))
                 return
         seen = 0
@@ -60,6 +67,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self._limit:
+                    if message.get("more_body"):
+                        await self._drain(receive)
                     raise _TooLarge(seen, self._limit)
             return message
 
@@ -74,6 +83,17 @@ class BodyLimit:
             if started:
                 raise
             await self._refuse(send, seen)
+
+    async def _drain(self, receive: Receive) -> None:
+        left = self._limit * _DRAIN_FACTOR
+        with anyio.move_on_after(_DRAIN_S):
+            while left > 0:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body"):
+                    return
 
     async def _refuse(self, send: Send, size: int) -> None:
         body = json.dumps({"detail": _message(size, self._limit)}).encode()
