@@ -128,15 +128,6 @@ class KeySchema:
         """String with a TTL: exists while the plugin process ``owner`` lives."""
         return f"{self.prefix}plugin-heartbeat:{owner}"
 
-    # -- the HTTP gateway
-    def session_runs(self, app_name: str, user_id: str, session_id: str) -> str:
-        """Set: task ids of one session's runs a gateway started and saw no end of yet.
-
-        An index for ``:cancel``, kept by the gateways; the task records are the truth.
-        Outside the app's session keys, which the app's runs may write.
-        """
-        return f"{self.prefix}session-runs:{_enc(app_name)}:{_enc(user_id)}:{_enc(session_id)}"
-
     # -- sessions
     def app(self, app_name: str) -> AppKeys:
         """The session keys of one app."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 from fastapi import HTTPException
@@ -27,7 +27,6 @@ from agent_runtime.task_store import TaskStore
 
 from ..client import SupervisorClient, submit_task
 from ._models import OnDisconnect, RunAgentRequest
-from ._session_runs import SessionRuns
 
 __all__ = ["TASK_HEADER", "Gateway"]
 
@@ -44,10 +43,6 @@ class Gateway:
     max_input_bytes: int
     keepalive_s: float
     on_disconnect: OnDisconnect
-    session_runs: SessionRuns = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.session_runs = SessionRuns(self.client.store)
 
     @property
     def store(self) -> TaskStore:
@@ -106,9 +101,6 @@ class Gateway:
             invocation_id=req.invocation_id,
             run_config=run_config or None,
         )
-        task_id = uuid.uuid4().hex
-        # Indexed before it is queued: a :cancel that comes at once finds it.
-        await self.session_runs.add(app, req.user_id, req.session_id, task_id)
         try:
             return await submit_task(
                 self.store,
@@ -116,19 +108,13 @@ class Gateway:
                 run_input,
                 user_id=req.user_id,
                 session_id=req.session_id,
-                task_id=task_id,
+                task_id=uuid.uuid4().hex,
                 max_input_bytes=self.max_input_bytes,
             )
         except InputTooLarge as exc:
-            await self.session_runs.remove(app, req.user_id, req.session_id, task_id)
             raise HTTPException(413, str(exc)) from None
         except ValueError as exc:
-            await self.session_runs.remove(app, req.user_id, req.session_id, task_id)
             raise HTTPException(400, str(exc)) from None
-
-    async def ended(self, app: str, req: RunAgentRequest, task_id: str) -> None:
-        """The run's end was seen: it is no longer a live run of its session."""
-        await self.session_runs.remove(app, req.user_id, req.session_id, task_id)
 
     async def abort(self, task_id: str, reason: str) -> int:
         """Aborts a run (its whole tree); returns how many daemons heard it live."""

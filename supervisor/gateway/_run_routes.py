@@ -59,7 +59,7 @@ async def _abort_shielded(gw: Gateway, task_id: str) -> None:
 
 
 async def _sse_frames(
-    gw: Gateway, app: str, req: RunAgentRequest, task_id: str
+    gw: Gateway, req: RunAgentRequest, task_id: str
 ) -> AsyncGenerator[bytes, None]:
     split = not req.function_call_event_id  # as ADK: no split when answering a function call
     first = True
@@ -75,7 +75,6 @@ async def _sse_frames(
                         last = i == len(frames) - 1
                         yield sse_frame(dumps(frame), event_id=entry.id if last else None)
                 elif entry.terminal:
-                    await gw.ended(app, req, task_id)
                     error = end_error(entry.data, await gw.store.get(task_id))
                     if error is not None:
                         yield sse_frame(dumps(error), event_id=entry.id)
@@ -111,7 +110,7 @@ def run_router(gw: Gateway) -> APIRouter:
             await _abort_shielded(gw, task_id)
 
         return EventStream(
-            _sse_frames(gw, app, req, task_id),
+            _sse_frames(gw, req, task_id),
             keepalive_s=gw.keepalive_s,
             headers={TASK_HEADER: task_id},
             on_cut=cut if abort else None,
@@ -145,7 +144,6 @@ def run_router(gw: Gateway) -> APIRouter:
         if end is None:
             # ADK's answer to a client that left (nginx's "client closed request").
             return Response(status_code=499, headers=headers)
-        await gw.ended(app, req, task_id)
         if end.data.get("state") == "completed":
             return JSONResponse(events, headers=headers)
         error = end_error(end.data, await gw.store.get(task_id)) or {}

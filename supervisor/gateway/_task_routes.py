@@ -9,8 +9,8 @@
   aborts the run: this is a watcher's stream.
 - ``POST /runs/{task_id}/abort``: kills the run's tree (optional JSON ``reason``).
 - ``POST /apps/{app}/users/{user}/sessions/{session}:cancel``: aborts the
-  session's live runs started through a gateway (the shape proposed for ADK's
-  own server in google/adk-python#2425).
+  session's live run and the runs waiting for it, whoever submitted them (the
+  shape proposed for ADK's own server in google/adk-python#2425).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from fastapi import APIRouter, Header, HTTPException, Query
 from fastapi.responses import JSONResponse, Response
 
 from agent_runtime.redis_connection import REDIS_ERRORS
-from agent_runtime.task_store import TERMINAL_STATES, InvalidTaskIdError, check_task_id
+from agent_runtime.task_store import TERMINAL_STATES, InvalidTaskIdError, SessionRef, check_task_id
 
 from ._gateway import TASK_HEADER, Gateway
 from ._models import AbortRequest
+from ._session_runs import live_runs
 from ._sse import EventStream, sse_frame
 from ._wire import dumps, public_event
 
@@ -110,7 +111,7 @@ def task_router(gw: Gateway) -> APIRouter:
     ) -> Response:
         app = gw.app_name(app_name)
         await gw.session(app, user_id, session_id, events=False)
-        live = await gw.session_runs.live(app, user_id, session_id)
+        live = await live_runs(gw.store, SessionRef(app, user_id, session_id))
         reason = (req.reason if req else "") or "session cancelled through the gateway"
         for task_id in live:
             await gw.abort(task_id, reason)

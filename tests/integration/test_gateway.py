@@ -312,10 +312,13 @@ async def test_a_client_that_leaves_aborts_its_run_unless_it_asked_to_continue(
                 break
     await asyncio.sleep(1.0)
     assert (await client.get(task_id))["state"] == "running"
+    # A run of the same session submitted elsewhere (the client) waits for the session.
+    waiting = await client.submit("slow", "me next", user_id="u", session_id="s1")
     cancelled = await http.post("/apps/slow/users/u/sessions/s1:cancel", json={"reason": "stop"})
-    assert cancelled.status_code == 200 and cancelled.json() == {"task_ids": [task_id]}
-    record = await until_state(client, task_id, "aborted", timeout=10)
-    assert record["reason"] == "stop"
+    assert cancelled.status_code == 200 and cancelled.json() == {"task_ids": [task_id, waiting]}
+    for cancelled_id in (task_id, waiting):
+        record = await until_state(client, cancelled_id, "aborted", timeout=10)
+        assert record["reason"] == "stop"
     assert tree_gone(daemon)
     nothing = await http.post("/apps/slow/users/u/sessions/s1:cancel")
     assert nothing.json() == {"task_ids": []}
@@ -324,7 +327,7 @@ async def test_a_client_that_leaves_aborts_its_run_unless_it_asked_to_continue(
     with pytest.raises(httpx.ReadTimeout):
         await http.post("/run", json=_run("slow", "s1"), timeout=1.5)
     runs = await task_ids(client)
-    assert len(runs) == 3
+    assert len(runs) == 4
     for task_id in runs:
         await until_state(client, task_id, "aborted", timeout=10)
     assert tree_gone(daemon)

@@ -20,7 +20,6 @@ def test_every_task_abort_node_and_plugin_key_keeps_its_documented_name() -> Non
     assert keys.node_heartbeat("n1") == "adk:node:n1:heartbeat"
     assert keys.plugin_running == "adk:plugin-running"
     assert keys.plugin_heartbeat("h:1:ab") == "adk:plugin-heartbeat:h:1:ab"
-    assert keys.session_runs("a", "u:1", "s") == "adk:session-runs:a:u%3A1:s"
 
 
 def test_the_task_id_of_an_abort_channel_survives_colons_in_prefix_and_id() -> None:
