@@ -21,6 +21,10 @@ Run it from the repository root::
 
     .venv/bin/python bench/abort_latency.py                  # 50 runs, kill mechanism auto
     .venv/bin/python bench/abort_latency.py --runs 20 --mechanism pgroup --json
+    .venv/bin/python bench/abort_latency.py --scrape-every-ms 100   # under /metrics scrapes
+
+``--scrape-every-ms N`` turns the daemon's ``/metrics`` on and scrapes it over
+HTTP every N ms for the whole measurement (the scrapes' own cost is reported).
 
 The exit code is 0 whatever the numbers are: this is a benchmark, not a test.
 """
@@ -195,7 +199,7 @@ def measure_floor(url: str, runs: int, tree: str) -> list[float]:
 
 
 def _start_daemon(
-    url: str, prefix: str, state_dir: Path, mechanism: str
+    url: str, prefix: str, state_dir: Path, mechanism: str, metrics: bool = False
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -208,6 +212,8 @@ def _start_daemon(
         "ADK_SUPERVISOR_MAX_CONCURRENT_RUNS": "4",
         "ADK_EXAMPLE_HOLD_S": "120",
     }
+    if metrics:
+        env["ADK_SUPERVISOR_METRICS_LISTEN"] = "127.0.0.1:0"
     log = (state_dir / "daemon.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor", "--redis-url", url, "run"],
@@ -249,8 +255,25 @@ def _tree_ready(task_id: str) -> list[int]:
     raise SystemExit(f"run {task_id} never grew its setsid grandchild")
 
 
-def measure_supervisor(url: str, runs: int, mechanism: str, batch: int = 4) -> list[Sample]:
-    """PUBLISH -> tree gone and -> ``aborted`` visible, for runs of the setsid agent."""
+def _scrape_loop(log: Path, every_s: float, stop: threading.Event, took: list[float]) -> None:
+    """GETs the daemon's /metrics every ``every_s`` until ``stop``; each scrape's time in ``took``."""
+    import re
+    import urllib.request
+
+    while not (found := re.search(r"metrics at (http://\S+/metrics)", log.read_text())):
+        time.sleep(0.05)
+    while not stop.wait(every_s):
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(found[1], timeout=5) as reply:
+            reply.read()
+        took.append((time.perf_counter() - t0) * 1000)
+
+
+def measure_supervisor(
+    url: str, runs: int, mechanism: str, batch: int = 4, scrape_every_ms: float | None = None
+) -> tuple[list[Sample], list[float]]:
+    """PUBLISH -> tree gone and -> ``aborted`` visible, for runs of the setsid agent;
+    and the scrapes' times (ms) when /metrics is scraped meanwhile."""
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
     client = redis.Redis.from_url(url)
     events = _Events()
@@ -263,7 +286,15 @@ def measure_supervisor(url: str, runs: int, mechanism: str, batch: int = 4) -> l
     state = tempfile.mkdtemp(prefix="abort-bench-")
     print(f"# daemon log: {state}/daemon.log", file=sys.stderr)
     if True:
-        daemon = _start_daemon(url, prefix, Path(state), mechanism)
+        daemon = _start_daemon(url, prefix, Path(state), mechanism, scrape_every_ms is not None)
+        scrapes: list[float] = []
+        if scrape_every_ms is not None:
+            scraper = threading.Thread(
+                target=_scrape_loop,
+                args=(Path(state) / "daemon.log", scrape_every_ms / 1000, stop, scrapes),
+                daemon=True,
+            )
+            scraper.start()
         try:
             while len(samples) < runs:
                 ids = [uuid.uuid4().hex for _ in range(min(batch, runs - len(samples)))]
@@ -290,7 +321,7 @@ def measure_supervisor(url: str, runs: int, mechanism: str, batch: int = 4) -> l
             stop.set()
             listener.join(5)
             client.close()
-    return samples
+    return samples, scrapes
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -304,12 +335,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--mechanism", choices=["auto", "cgroup", "pgroup"], default="auto")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--scrape-every-ms", type=float, help="serve /metrics and scrape it this often meanwhile"
+    )
     args = parser.parse_args()
 
     with RedisServer() as server:
         floor = measure_floor(server.url, args.runs, "plain")
         adk_floor = measure_floor(server.url, args.runs, "adk")
-        samples = measure_supervisor(server.url, args.runs, args.mechanism)
+        samples, scrapes = measure_supervisor(
+            server.url, args.runs, args.mechanism, scrape_every_ms=args.scrape_every_ms
+        )
 
     gone = _stats([s.tree_gone_ms for s in samples])
     visible_values = [s.visible_ms for s in samples if s.visible_ms is not None]
@@ -330,6 +366,9 @@ def main() -> None:
         "publish_to_aborted_visible_ms": visible,
         "not_recorded_aborted": len(samples) - len(visible_values),
         "leaked_processes": leaked,
+        "scrape_every_ms": args.scrape_every_ms,
+        "scrapes": len(scrapes),
+        "scrape_ms": _stats(scrapes) if scrapes else None,
         "ratio_tree_gone_p50_to_floor_p50": gone["p50"] / floor_stats["p50"],
         "ratio_tree_gone_p50_to_adk_floor_p50": gone["p50"] / adk_floor_stats["p50"],
     }
@@ -349,6 +388,8 @@ def main() -> None:
     ]
     if visible is not None:
         rows.append(("PUBLISH -> `aborted` visible", visible))
+    if scrapes:
+        rows.append((f"GET /metrics ({len(scrapes)} scrapes)", _stats(scrapes)))
     for name, s in rows:
         print(f"{name:<38}{s['p50']:>8.3f}{s['p99']:>8.3f}{s['max']:>8.3f}")
     ratio = report["ratio_tree_gone_p50_to_floor_p50"]

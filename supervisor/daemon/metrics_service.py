@@ -139,6 +139,7 @@ class MetricsService:
 
     async def poll(self) -> None:
         """Reads the queue and the live runs' usage into the gauges once."""
+        began = time.perf_counter()
         try:
             stats = await read_queue(self._client, self._stream)
         except REDIS_ERRORS as exc:
@@ -148,6 +149,7 @@ class MetricsService:
         else:
             self._metrics.set_queue(stats.queued, stats.pending, stats.oldest_age_s)
         await self._poll_usage()
+        log.debug("metrics poll: %.1f ms", (time.perf_counter() - began) * 1000)
 
     async def _poll_usage(self) -> None:
         runs = [

@@ -3,8 +3,10 @@ the status socket becomes the parent of the run's spans, ADK's own among them.""
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,79 @@ async def test_a_malformed_traceparent_is_refused_with_its_reason(
     record = await until_state(client, "bad-trace", "failed")
     assert record["reason"].startswith("bad request: traceparent 'xxx"), record
     assert len(record["reason"]) < 300, record["reason"]
+
+
+class _Collector:
+    """An OTLP/HTTP trace receiver on loopback: every span POSTed to /v1/traces, decoded."""
+
+    def __init__(self) -> None:
+        try:
+            from opentelemetry.exporter.otlp.proto.http import trace_exporter  # noqa: F401
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceRequest,
+            )
+        except ImportError as exc:
+            pytest.fail(
+                f"the OTLP exporter is not installed ({exc}): install the dev extra "
+                "(make .venv/.installed, or pip install -e '.[dev]')",
+                pytrace=False,
+            )
+
+        self.spans: list[dict[str, Any]] = []
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/v1/traces":
+                    request = ExportTraceServiceRequest.FromString(body)
+                    for resource in request.resource_spans:
+                        service = {
+                            a.key: a.value.string_value for a in resource.resource.attributes
+                        }.get("service.name")
+                        for scope in resource.scope_spans:
+                            for span in scope.spans:
+                                collector.spans.append(
+                                    {
+                                        "name": span.name,
+                                        "service": service,
+                                        "trace_id": span.trace_id.hex(),
+                                        "span_id": span.span_id.hex(),
+                                        "parent_id": span.parent_span_id.hex() or None,
+                                        "attributes": {
+                                            a.key: a.value.string_value for a in span.attributes
+                                        },
+                                    }
+                                )
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_runs_export_their_spans_over_otlp_from_the_standard_variables(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    collector = _Collector()
+    try:
+        start_daemon(OTEL_EXPORTER_OTLP_ENDPOINT=collector.url, OTEL_SERVICE_NAME="adk-runs")
+        traceparent, trace_id, parent = _traceparent()
+        handle = await client.start(
+            "examples.agents:weather_agent",
+            "weather in Paris?",
+            user_id="u",
+            traceparent=traceparent,
+        )
+        await until_state(client, handle.task_id, "completed")
+        # Flushed before the run's process exited: all there once the run is recorded.
+        _check_run_spans(collector.spans, handle.task_id, trace_id, parent)
+        assert {s["service"] for s in collector.spans} == {"adk-runs"}
+    finally:
+        collector.server.shutdown()
