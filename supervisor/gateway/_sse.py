@@ -77,16 +77,14 @@ class EventStream(Response):
                 group.start_soon(self._watch, receive, group.cancel_scope)
                 async with frames_out:
                     while True:
+                        frame = PING  # unless a frame comes within keepalive_s
                         with anyio.move_on_after(self._keepalive_s):
                             try:
                                 frame = await frames_out.receive()
                             except anyio.EndOfStream:
                                 break
-                            await send(
-                                {"type": "http.response.body", "body": frame, "more_body": True}
-                            )
-                            continue
-                        await send({"type": "http.response.body", "body": PING, "more_body": True})
+                        # Outside the timeout: a slow client must never see half a frame.
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
                 finished = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
