@@ -11,8 +11,8 @@ or Redis reachable, 4 no such task, 124 ``wait`` timed out.
 Heavy modules load only for the commands that need them: ``--help`` needs none,
 ``status`` and ``submit`` through the local daemon need the socket client and
 the settings, the Redis client loads only to talk to Redis directly, and the
-daemon (with its spawners) only for ``run``. Every call answers in well under
-a second; none imports ADK.
+daemon (with its spawners) only for ``run``, FastAPI, uvicorn and ADK only for
+``gateway``. Every other call answers in well under a second and imports no ADK.
 """
 
 from __future__ import annotations

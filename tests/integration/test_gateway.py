@@ -253,6 +253,10 @@ async def test_abort_mid_stream_ends_the_streams_with_the_end_and_kills_the_tree
         stream = frames(reply)
         first = await anext(f async for f in stream if f.comment is None)
         assert _kind(first.data) == "slow:functionCall"
+        # The run sits in its tool: the idle stream gets keep-alives (every 0.5 s here).
+        async with asyncio.timeout(5):
+            idle = await anext(stream)
+        assert idle.comment == "ping"
         pid = int((await until_state(client, task_id, "running"))["pid"])
         assert psutil.pid_exists(pid)
         watcher_frames: list[Frame] = []
