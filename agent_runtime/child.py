@@ -22,6 +22,7 @@ import sys
 import traceback
 from typing import Any
 
+from .keys import KeySchema
 from .run_spec import RUN_ENV, RunSpec
 from .trace_context import configure_from_env, flush_spans, run_span
 
@@ -66,12 +67,22 @@ async def run(spec: RunSpec) -> None:
     from .task_store import TaskStore
 
     loaded = load_app(spec.app_ref, spec.app_name)
-    async with RedisSessionService(spec.redis_url, spec.key_prefix, spec.session_ttl) as sessions:
+    keys = KeySchema(spec.key_prefix)
+    fence = (keys.task_epoch(spec.task_id), spec.epoch) if spec.durable else None
+    async with RedisSessionService(
+        spec.redis_url, spec.key_prefix, spec.session_ttl, fence=fence
+    ) as sessions:
         store = TaskStore(sessions.redis, spec.key_prefix)
         # Before anything touches the session: a run killed later can be sealed.
         await store.update(spec.task_id, {"adk_app": loaded.name})
-        if loaded.app is not None:
-            runner = Runner(app=loaded.app, app_name=loaded.name, session_service=sessions)
+        app = loaded.app
+        if spec.durable and app is not None:
+            from .durable import JournalPlugin
+
+            journal = JournalPlugin(sessions.redis, keys, spec.task_id, spec.epoch)
+            app = app.model_copy(update={"plugins": [journal, *app.plugins]})
+        if app is not None:
+            runner = Runner(app=app, app_name=loaded.name, session_service=sessions)
         else:
             runner = Runner(agent=loaded.agent, app_name=loaded.name, session_service=sessions)
         existing = await sessions.get_session(
@@ -81,27 +92,60 @@ async def run(spec: RunSpec) -> None:
             await sessions.create_session(
                 app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
             )
+        new_message, invocation_id, state_delta = _new_message(spec), None, spec.state_delta
+        if spec.durable and spec.epoch > 0 and spec.invocation_id:
+            if await _resume(spec, sessions, loaded.name, keys):
+                new_message, state_delta = None, None  # both are in the session already
+                invocation_id = spec.invocation_id
+        elif spec.invocation_id:
+            invocation_id = spec.invocation_id
         writer = EventWriter(sessions.redis, store.keys, spec.task_id, maxlen=spec.events_maxlen)
-        invocation_id = None
+        seen_invocation = None
         try:
             # ADK opens its invocation span under whatever context is current here.
             with run_span(spec.task_id, spec.traceparent):
                 async for event in runner.run_async(
                     user_id=spec.user_id,
                     session_id=spec.session_id,
-                    new_message=_new_message(spec),
-                    invocation_id=spec.invocation_id,
-                    state_delta=spec.state_delta,
+                    new_message=new_message,
+                    invocation_id=invocation_id,
+                    state_delta=state_delta,
                     run_config=_run_config(spec.run_config),
                     yield_user_message=True,  # its invocation id is known before any agent runs
                 ):
-                    if invocation_id is None and event.invocation_id:
-                        invocation_id = event.invocation_id
-                        await store.update(spec.task_id, {"invocation_id": invocation_id})
+                    if seen_invocation is None and event.invocation_id:
+                        seen_invocation = event.invocation_id
+                        await store.update(spec.task_id, {"invocation_id": seen_invocation})
                     await writer.add(event)
         finally:
             await writer.close()
         await runner.close()
+
+
+async def _resume(spec: RunSpec, sessions: Any, app_name: str, keys: KeySchema) -> bool:
+    """Readies the session to continue ``spec.invocation_id``; False if that invocation never
+    reached the session (the run then starts afresh with its message)."""
+    from .durable import prepare_resume
+    from .redis_connection import as_text
+
+    session = await sessions.get_session(
+        app_name=app_name, user_id=spec.user_id, session_id=spec.session_id
+    )
+    if session is None:
+        return False
+    raw = await sessions.redis.hgetall(keys.tool_journal(spec.task_id))
+    journal = {as_text(k): as_text(v) for k, v in raw.items()}
+    assert spec.invocation_id is not None
+    plan = await prepare_resume(
+        sessions, session, spec.invocation_id, journal, spec.idempotent_tools or ()
+    )
+    print(
+        f"resuming invocation {spec.invocation_id} (epoch {spec.epoch}): "
+        f"events={plan.has_events} replayed={list(plan.replayed)} unknown={list(plan.unknown)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return plan.has_events
 
 
 async def _record_error(spec: RunSpec, error: str) -> None:

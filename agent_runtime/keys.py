@@ -114,6 +114,20 @@ class KeySchema:
         """
         return f"{self.prefix}task-session:{task_id}"
 
+    def task_epoch(self, task_id: str) -> str:
+        """String: a durable run's epoch, raised by every resume. Written only by daemons (a
+        run may read it): every write of the run's process is checked against it."""
+        return f"{self.prefix}task-epoch:{task_id}"
+
+    def task_resume(self, task_id: str) -> str:
+        """Hash: what a durable run is started again from (its admitted entry and policy),
+        written by the daemon that claims it; gone at its end."""
+        return f"{self.prefix}task-resume:{task_id}"
+
+    def tool_journal(self, task_id: str) -> str:
+        """Hash: function call id -> ``started@<epoch>``, written before each tool runs."""
+        return f"{self.prefix}tool-journal:{task_id}"
+
     def parked_run(self, task_id: str) -> str:
         """Hash: the runs-stream entry of a waiting run, put back on the stream at its turn."""
         return f"{self.prefix}parked:{task_id}"

@@ -59,6 +59,13 @@ class RunSpec:
     events_maxlen: int = 10_000
     traceparent: str | None = None
     """The submitter's W3C trace context: the parent of the run's spans (checked at admission)."""
+    durable: bool = False
+    """The app's runs are resumed if their process dies (``on_orphan = "resume"``): the child
+    journals tool calls and fences its session writes with ``epoch``."""
+    epoch: int = 0
+    """The run's epoch (raised by each resume; above 0: this attempt resumes the run)."""
+    idempotent_tools: list[str] | None = None
+    """Tools a resume may run again when the run died while they ran."""
 
     def to_json(self) -> str:
         """The spec as the JSON the child reads."""

@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from ._session_line import LINE_LUA
+from ._session_line import LINE_LUA, MAX_PARKED_FIELDS
 from .keys import DEFAULT_PREFIX, RUNS_GROUP, KeySchema
 from .redis_connection import WrongTypeError, as_text, describe_reply, wrong_type
 from .run_events import DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_TTL_S
@@ -35,6 +35,7 @@ __all__ = [
     "IfBusy",
     "InvalidTaskIdError",
     "LineResult",
+    "ResumeResult",
     "SessionRef",
     "TaskState",
     "TaskStore",
@@ -138,8 +139,11 @@ end
 if ARGV[11] == '1' and not get_str(P .. 'task-session:' .. task) then
   return {'REJECTED', cur}
 end
-if #ARGV > 11 then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 12))
+if ARGV[12] ~= '' and (get_str(P .. 'task-epoch:' .. task) or '0') ~= ARGV[12] then
+  return {'STALE', cur}
+end
+if #ARGV > 12 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 13))
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
 local ttl = tonumber(ARGV[8])
@@ -156,10 +160,78 @@ if tonumber(ARGV[9]) > 0 then
 end
 if TERMINAL[ARGV[3]] then
   release(task)
+  redis.call('DEL', P .. 'task-resume:' .. task)
+  -- Kept as long as the record: a stale process of the run must stay refused.
+  if ttl > 0 then redis.pcall('PEXPIRE', P .. 'task-epoch:' .. task, ttl) end
 end
 return {'OK', cur}
 """
 )
+
+# A durable run whose process died without an end of its own (its daemon or node died, or
+# a signal nobody here sent killed it) goes back to `queued` for another attempt: its
+# epoch is raised (every write of the old process is refused from here on), `attempt`
+# bumped, and its saved entry put back on the runs stream with the invocation to resume.
+# The run keeps its session's lease (a queued holder is live). Of several daemons that
+# notice at once exactly one gets OK. NOPOLICY: the run is not durable (fail it);
+# EXHAUSTED: its attempts are used up (fail it); STALE: a resume happened already.
+# KEYS: task hash, run events stream. ARGV: key prefix, task id, reason, expected epoch
+# ('' = any), now, events channel, per-task channel, events stream MAXLEN.
+_RESUME = (
+    LINE_LUA
+    + r"""
+local task = ARGV[2]
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then
+  return {'MISSING', ''}
+end
+if cur ~= 'starting' and cur ~= 'running' then
+  return {'REJECTED', cur}
+end
+local saved = redis.pcall('HGETALL', P .. 'task-resume:' .. task)
+if type(saved) ~= 'table' or saved.err ~= nil or #saved == 0 or #saved > __MAX_FIELDS__ then
+  return {'NOPOLICY', cur}
+end
+local entry, max_attempts = {}, 1
+for i = 1, #saved, 2 do
+  if saved[i] == '_max_attempts' then
+    max_attempts = tonumber(saved[i + 1]) or 1
+  elseif saved[i] ~= 'invocation_id' then
+    entry[#entry + 1] = saved[i]
+    entry[#entry + 1] = saved[i + 1]
+  end
+end
+local ekey = P .. 'task-epoch:' .. task
+local epoch = tonumber(get_str(ekey) or '0') or 0
+if ARGV[4] ~= '' and tostring(epoch) ~= ARGV[4] then
+  return {'STALE', cur}
+end
+local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt') or '1') or 1
+if attempt >= max_attempts then
+  return {'EXHAUSTED', tostring(attempt)}
+end
+epoch = epoch + 1
+attempt = attempt + 1
+redis.call('SET', ekey, epoch)
+local invocation = redis.call('HGET', KEYS[1], 'invocation_id')
+if type(invocation) == 'string' and invocation ~= '' and #invocation <= 256 then
+  entry[#entry + 1] = 'invocation_id'
+  entry[#entry + 1] = invocation
+end
+redis.call('HDEL', KEYS[1], 'pid', 'pgid', 'start_ticks', 'cgroup', 'node_id', 'boot_id')
+redis.call('HSET', KEYS[1], 'state', 'queued', 'attempt', attempt, 'epoch', epoch,
+  'resume_reason', ARGV[3])
+redis.pcall('XADD', P .. 'runs', '*', unpack(entry))
+local event = cjson.encode({task_id = task, state = 'queued', at = tonumber(ARGV[5]),
+  detail = {reason = ARGV[3], attempt = attempt, epoch = epoch, resumed_from = cur}})
+redis.call('PUBLISH', ARGV[6], event)
+redis.call('PUBLISH', ARGV[7], event)
+if tonumber(ARGV[8]) > 0 then
+  redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[8], '*', 'type', 'state', 'data', event)
+end
+return {'OK', event}
+"""
+).replace("__MAX_FIELDS__", str(MAX_PARKED_FIELDS))
 
 # KEYS: task hash, run events stream. ARGV: event JSON, events channel, per-task
 # channel, events stream MAXLEN (0: no entry), then field/value pairs.
@@ -321,6 +393,21 @@ class LineResult:
 
 
 @dataclass(frozen=True, slots=True)
+class ResumeResult:
+    """Outcome of :meth:`TaskStore.resume`.
+
+    ``resumed``: queued again, with its new ``attempt`` and ``epoch``; ``exhausted``:
+    ``attempt`` reached the run's ``max_attempts`` (nothing changed: fail it);
+    ``nopolicy``: not a durable run (fail it); ``stale``: its epoch moved on (another
+    resume won); ``rejected``: not live; ``missing``: no record.
+    """
+
+    outcome: Literal["resumed", "exhausted", "nopolicy", "stale", "rejected", "missing"]
+    attempt: int | None
+    epoch: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransitionResult:
     """Outcome of a compare-and-set: ``applied``, else the state that prevented it."""
 
@@ -377,6 +464,7 @@ class TaskStore:
         self._create = client.register_script(_CREATE)
         self._submit = client.register_script(_SUBMIT)
         self._claim = client.register_script(_CLAIM)
+        self._resume = client.register_script(_RESUME)
 
     @property
     def key_prefix(self) -> str:
@@ -551,12 +639,16 @@ class TaskStore:
         fields: Mapping[str, object] | None = None,
         *,
         allowed_from: Iterable[TaskState] | None = None,
+        epoch: int | None = None,
     ) -> TransitionResult:
         """Moves the task to ``state`` if its current state allows it; sets ``fields`` with it.
 
         A terminal move also releases the run's place in its session's line: the
-        next run of that session gets its turn."""
-        return await self._move(task_id, state, fields, allowed_from, in_line_only=False)
+        next run of that session gets its turn. With ``epoch``, only if the run's
+        epoch is still that one (a durable run resumed since is left alone)."""
+        return await self._move(
+            task_id, state, fields, allowed_from, in_line_only=False, epoch=epoch
+        )
 
     async def abort_waiting(self, task_id: str, reason: str) -> TransitionResult:
         """Records ``aborted`` for a run that is still ``queued`` in a session's line (waiting
@@ -578,6 +670,7 @@ class TaskStore:
         allowed_from: Iterable[TaskState] | None,
         *,
         in_line_only: bool,
+        epoch: int | None = None,
     ) -> TransitionResult:
         fields = dict(fields or {})
         now = time.time()
@@ -588,7 +681,9 @@ class TaskStore:
         async with self._named(task_id):
             status, prev = await self._transition(
                 keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                args=self._transition_args(task_id, state, sources, event, fields, in_line_only),
+                args=self._transition_args(
+                    task_id, state, sources, event, fields, in_line_only, epoch
+                ),
             )
         status = as_text(status)
         if status == "OK":
@@ -604,6 +699,7 @@ class TaskStore:
         event: str,
         fields: Mapping[str, object],
         in_line_only: bool = False,
+        epoch: int | None = None,
     ) -> list[str | int]:
         return [
             self.keys.prefix,
@@ -617,8 +713,67 @@ class TaskStore:
             self._events_maxlen,
             self._events_ttl_ms if state.terminal else 0,
             "1" if in_line_only else "0",
+            "" if epoch is None else str(epoch),
             *_flat(fields),
         ]
+
+    async def resume(self, task_id: str, reason: str, *, epoch: int | None = None) -> ResumeResult:
+        """Puts a durable run whose process died back on the runs stream for another attempt.
+
+        One script: the record goes from ``starting``/``running`` to ``queued`` with
+        ``attempt`` + 1 and a new ``epoch`` (every write of the old process is refused
+        from then on), keeping its session's lease, and its saved entry goes back on the
+        runs stream with the invocation to resume. ``epoch``: only if the run is still
+        at that epoch. Of several callers at once exactly one gets ``resumed``.
+        """
+        async with self._named(task_id):
+            status, detail = await self._resume(
+                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
+                args=[
+                    self.keys.prefix,
+                    task_id,
+                    reason[:MAX_REASON],
+                    "" if epoch is None else str(epoch),
+                    repr(time.time()),
+                    self.keys.task_events,
+                    self.keys.task_channel(task_id),
+                    self._events_maxlen,
+                ],
+            )
+        outcome = as_text(status).lower()
+        if outcome == "ok":
+            event = as_text(detail)
+            await self._history(event)
+            data = json.loads(event)["detail"]
+            return ResumeResult("resumed", int(data["attempt"]), int(data["epoch"]))
+        if outcome == "exhausted":
+            return ResumeResult("exhausted", int(as_text(detail)), None)
+        if outcome in ("nopolicy", "stale", "rejected", "missing"):
+            return ResumeResult(outcome, None, None)  # type: ignore[arg-type]
+        raise ValueError(f"unexpected resume reply {status!r}")
+
+    async def save_resume_entry(
+        self, task_id: str, entry: Mapping[str, str], max_attempts: int
+    ) -> int:
+        """Saves what a durable run is started again from (set at each claim); returns the
+        run's current epoch (0 before its first resume)."""
+        flat = _flat({**entry, "_max_attempts": max_attempts})
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.task_resume(task_id))
+            pipe.hset(
+                self.keys.task_resume(task_id),
+                mapping=dict(zip(flat[::2], flat[1::2], strict=True)),
+            )
+            pipe.get(self.keys.task_epoch(task_id))
+            _, _, raw = await pipe.execute()
+        return _epoch(raw)
+
+    async def epochs(self, task_ids: Sequence[str]) -> list[int]:
+        """The current epoch of each run (0: never resumed; garbage reads as -1)."""
+        if not task_ids:
+            return []
+        values = await self.client.mget([self.keys.task_epoch(t) for t in task_ids])
+        return [_epoch(v) for v in values]
 
     async def fail_many(self, failures: Mapping[str, Mapping[str, object]]) -> int:
         """Moves many non-terminal tasks to ``failed`` in pipelined batches; returns how many moved."""
@@ -748,6 +903,14 @@ class TaskStore:
             return {}
         values = await self.client.mget([self.keys.abort_mark(t) for t in ids])
         return {t: as_text(v) for t, v in zip(ids, values, strict=True) if v is not None}
+
+
+def _epoch(raw: object) -> int:
+    """An epoch read from Redis: 0 if absent, -1 if it is no small decimal number."""
+    if raw is None:
+        return 0
+    text = as_text(raw) if isinstance(raw, bytes | str) else ""
+    return int(text) if re.fullmatch(r"[0-9]{1,15}", text) else -1
 
 
 def parse_abort_payload(payload: bytes | str | None) -> tuple[str, bool]:

@@ -651,6 +651,12 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     from .run_acl import explain_run_credentials
 
     source = find_config_path(args.config)
+    from .daemon.durability import durable_app_problems
+
+    if problems := durable_app_problems(settings):
+        for problem in problems:
+            print(f"configuration error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     data = settings.model_dump(mode="json")
     data["socket_mode"] = f"{settings.socket_mode:04o}"
     # Under systemd this output (ExecStartPre) goes to the journal: no passwords.

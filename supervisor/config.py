@@ -75,13 +75,20 @@ def _host_port(value: str) -> tuple[str, int]:
 
 
 class AppLimits(BaseModel):
-    """The options of an ``[apps.<name>]`` table besides ``ref``."""
+    """The options of an ``[apps.<name>]`` table besides ``ref``: limits and durability."""
 
     model_config = ConfigDict(extra="forbid")
 
     memory_max: ByteSize | None = None
     pids_max: int | None = Field(default=None, ge=1)
     cpu_max: float | None = Field(default=None, gt=0)
+    on_orphan: Literal["fail", "resume"] = "fail"
+    """What a run whose process died without an end of its own becomes: failed, or
+    resumed from its persisted session (the app must be resumable: see README)."""
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    """Attempts of a resumed run in all (the first one included)."""
+    idempotent_tools: list[str] = Field(default_factory=list)
+    """Tools safe to run again when a run died while they ran."""
 
     def limits(self) -> RunLimits:
         """As run limits (unset ones fall back to the top-level defaults)."""
@@ -167,6 +174,11 @@ class Settings(BaseSettings):
             else:
                 apps[name] = value
         return {**data, "apps": apps, "app_limits": limits}
+
+    def durable_for(self, app: str) -> AppLimits | None:
+        """The options of ``app`` if its runs are resumed (``on_orphan = "resume"``), else None."""
+        own = self.app_limits.get(app)
+        return own if own is not None and own.on_orphan == "resume" else None
 
     def limits_for(self, app: str) -> RunLimits:
         """The limits of a run of ``app`` (an [apps] name or an import path)."""

@@ -10,7 +10,8 @@ A run needs, and gets:
   app: the session scripts keep the app's shared indexes, and sweep its expired
   sessions, whoever they belong to);
 - its own task record ``<prefix>task:<task_id>`` (the child writes ``adk_app``,
-  ``invocation_id`` and ``error`` there);
+  ``invocation_id`` and ``error`` there), its tool-call journal, and read-only its
+  epoch (a durable run's writes are checked against it: the run must not raise it);
 - the commands of the session service and the task store's ``update``: a few
   hash and sorted-set commands, ``EVALSHA`` (scripts run with the caller's
   rights, checked command by command and key by key), ``MULTI``/``EXEC``;
@@ -56,6 +57,7 @@ RUN_COMMANDS: Final = (
     # What those scripts call, and the session service's direct commands.
     "hset",
     "hget",
+    "get",
     "hgetall",
     "hmget",
     "zadd",
@@ -115,6 +117,9 @@ def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> 
         f"~{sessions}",
         f"~{acl_glob_escape(keys.task(task_id))}",
         f"~{acl_glob_escape(keys.run_events(task_id))}",
+        f"~{acl_glob_escape(keys.tool_journal(task_id))}",
+        # Read only: the epoch every write of the run is checked against is the daemons'.
+        f"%R~{acl_glob_escape(keys.task_epoch(task_id))}",
     ]
 
 
@@ -127,6 +132,8 @@ def shared_key_patterns(key_prefix: str) -> list[str]:
         f"~{prefix}{{*",
         f"~{acl_glob_escape(keys.task(''))}*",
         f"~{acl_glob_escape(keys.run_events(''))}*",
+        f"~{acl_glob_escape(keys.tool_journal(''))}*",
+        f"%R~{acl_glob_escape(keys.task_epoch(''))}*",
     ]
 
 

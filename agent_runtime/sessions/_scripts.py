@@ -117,10 +117,26 @@ return {'OK', redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 # KEYS: meta, state, events, timestamps, app_state, user_state, user_index
 # ARGV: base, member, session_part, ttl_ms, marker, caller_update_time,
 #       caller_last_event_id ('' = caller holds no events), event_id, event_ts,
-#       event_json, <session pairs>, <app pairs>, <user pairs>
+#       event_json, <session pairs>, <app pairs>, <user pairs>[, fence key, epoch]
+# With a fence (a durable run's epoch key and the epoch its process was started at), the
+# append is refused unless the key still holds that epoch (absent reads as 0): a process
+# of a run resumed elsewhere since cannot add one event. The fence key is an argument, not
+# a declared key: a run's ACL user may only read it, and Redis refuses a read-only key
+# declared to a script.
 APPEND = (
     _COMMON
     + r"""
+local after = 11
+for _ = 1, 3 do
+  after = after + 1 + 2 * tonumber(ARGV[after])
+end
+if #ARGV >= after + 1 then
+  local current = redis.pcall('GET', ARGV[after])
+  if type(current) ~= 'string' then current = '0' end
+  if current ~= ARGV[after + 1] then
+    return {'FENCED', current}
+  end
+end
 local meta = redis.call('HMGET', KEYS[1], 'rev', 'ut', 'seq', 'lei')
 if not meta[1] then
   return {'NOTFOUND'}

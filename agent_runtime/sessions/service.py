@@ -41,7 +41,13 @@ from ..keys import AppKeys, SessionKeys, decode_part
 from ..redis_connection import as_text, connect, redact_url, translate_redis_errors
 from . import _scripts as scripts
 
-__all__ = ["RedisSessionService"]
+__all__ = ["FencedWriteError", "RedisSessionService"]
+
+
+class FencedWriteError(RuntimeError):
+    """A write of a durable run's process refused because the run was resumed since (its
+    epoch moved on): this process must stop, another one carries the run now."""
+
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +115,10 @@ class RedisSessionService(BaseSessionService):
         Other keyword arguments the registry passes (``agents_dir``) are ignored.
       list_page_size: index entries ``list_sessions`` reads per Redis script call;
         bounds how long one listing step holds Redis.
+      fence: ``(key, epoch)``: every append is refused with :class:`FencedWriteError`
+        unless the string ``key`` still holds ``epoch`` (absent reads as 0), checked in
+        the append's own script (a supervised durable run's epoch; not on Redis Cluster,
+        where the key lies in another slot).
     """
 
     def __init__(
@@ -120,6 +130,7 @@ class RedisSessionService(BaseSessionService):
         redis_client: aioredis.Redis | None = None,
         uri: str | None = None,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
+        fence: tuple[str, int] | None = None,
         **registry_kwargs: Any,
     ) -> None:
         if registry_kwargs and uri is None:
@@ -148,6 +159,7 @@ class RedisSessionService(BaseSessionService):
         if list_page_size < 1:
             raise ValueError(f"list_page_size must be at least 1, got {list_page_size}")
         self.list_page_size = list_page_size
+        self.fence = fence
         if not isinstance(key_prefix, str):
             raise TypeError(f"key_prefix must be a string, got {type(key_prefix).__name__}")
         self.key_prefix = key_prefix
@@ -414,6 +426,7 @@ class RedisSessionService(BaseSessionService):
         lock = self._append_locks.get(lock_key)
         if lock is None:
             lock = self._append_locks[lock_key] = asyncio.Lock()
+        fence_args = [self.fence[0], str(self.fence[1])] if self.fence else []
         async with lock:
             caller_last_id = session.events[-1].id if session.events else ""
             async with translate_redis_errors(self._where):
@@ -441,9 +454,17 @@ class RedisSessionService(BaseSessionService):
                         *_flatten(deltas["session"]),
                         *_flatten(deltas["app"]),
                         *_flatten(deltas["user"]),
+                        *fence_args,
                     ],
                 )
             status = as_text(reply[0])
+            if status == "FENCED":
+                raise FencedWriteError(
+                    f"session {session.id}: append refused, the run was resumed elsewhere "
+                    f"(epoch {as_text(reply[1])[:20]}, this process has {self.fence[1]})"
+                    if self.fence
+                    else f"session {session.id}: append refused by its fence"
+                )
             if status == "NOTFOUND":
                 raise SessionNotFoundError(f"Session {session.id} not found.")
             if status == "STALE":

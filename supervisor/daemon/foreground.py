@@ -15,6 +15,7 @@ from ..config import Settings
 from ..errors import StateDirLocked, StateDirUnusable
 from ..ops.redis_server import RedisServer
 from ..ops.state_lock import StateDirLock
+from .durability import check_durable_apps
 from .node import Supervisor
 
 __all__ = ["run_foreground"]
@@ -24,6 +25,7 @@ log = logging.getLogger("adk_supervisor")
 
 def run_foreground(settings: Settings, redis_url: str | None) -> None:
     """Serves until SIGTERM or SIGINT; the runs are killed (or drained) and recorded first."""
+    check_durable_apps(settings)
     lock = StateDirLock(settings.state_dir)
     try:
         lock.acquire()

@@ -59,6 +59,24 @@ class NodeIdentity:
     redis_url: str
 
 
+def _resumable(run: ActiveRun, state: TaskState) -> bool:
+    """Whether a durable run's leader was killed by a signal this daemon did not send (the
+    OOM killer, a person's ``kill -9``): then it is resumed. One that exited non-zero on its
+    own (the agent raised) is not."""
+    status = run.exit.status if run.exit is not None else 0
+    return (
+        run.spec.durable
+        and state is TaskState.FAILED
+        and run.kill is None
+        and os.WIFSIGNALED(status)
+    )
+
+
+def _fence(spec: RunSpec) -> int | None:
+    """The epoch a durable run's records are written under (None: not durable)."""
+    return spec.epoch if spec.durable else None
+
+
 class Launcher:
     """Starts, watches and records the runs of one node."""
 
@@ -132,18 +150,23 @@ class Launcher:
             )
             await entry.ack()
             return
+        resume: tuple[ActiveRun, TaskState, dict[str, object]] | None = None
         try:
             try:
                 run = await self._start(entry, request)
             finally:
                 self._runs.end_start(request.task_id)
             if run is not None:
-                await self._supervise(run)
+                resume = await self._supervise(run)
         finally:
             # Left behind only if the run never read it (it holds the prompt).
             spec_path(self._spec_dir, request.task_id).unlink(missing_ok=True)
             self._metrics.forget(request.task_id)
             await self._credentials.release(request.task_id)  # if the run never started
+        if resume is not None:
+            # Only now: the next attempt (its spec file, its Redis user, its place in the
+            # run table) must not be taken for this one's leftovers.
+            await self._resume(*resume)
 
     async def _start(self, entry: Entry, request: RunRequest) -> ActiveRun | None:
         """Records ``starting``, spawns and registers the run; None if it must not run."""
@@ -168,6 +191,13 @@ class Launcher:
             )
             await entry.ack()
             return None
+        durable = self._settings.durable_for(request.app)
+        epoch = 0
+        if durable is not None:
+            # Before the record says `starting`: a crash from then on finds what to resume.
+            epoch = await self._store.save_resume_entry(
+                task_id, entry_fields(entry.fields), durable.max_attempts
+            )
         if not await self._claim(entry, request):
             return None
         parked = self._runs.parked_abort(task_id)
@@ -191,6 +221,9 @@ class Launcher:
             run_config=request.input.run_config,
             events_maxlen=self._settings.events_maxlen,
             traceparent=request.traceparent,
+            durable=durable is not None,
+            epoch=epoch,
+            idempotent_tools=list(durable.idempotent_tools) if durable is not None else None,
         )
         # The entry is acknowledged and the record says `starting` from here on: a local
         # error (a full disk, EMFILE) must end the run as `failed`, never be retried as
@@ -207,7 +240,10 @@ class Launcher:
         except OSError as exc:
             log.error("task %s: cannot prepare its container: %s", task_id, exc)
             await self._recorder.record(
-                task_id, TaskState.FAILED, {"reason": f"cannot prepare the run: {exc}"}
+                task_id,
+                TaskState.FAILED,
+                {"reason": f"cannot prepare the run: {exc}"},
+                epoch=_fence(spec),
             )
             return None
         with self._reaper.expecting() as expected:
@@ -218,7 +254,10 @@ class Launcher:
                 self._limiter.release(task_id)
                 log.error("task %s: spawn failed: %s", task_id, exc)
                 await self._recorder.record(
-                    task_id, TaskState.FAILED, {"reason": f"spawn failed: {exc}"}
+                    task_id,
+                    TaskState.FAILED,
+                    {"reason": f"spawn failed: {exc}"},
+                    epoch=_fence(spec),
                 )
                 return None
             early_exit = expected.take(pid)
@@ -271,6 +310,7 @@ class Launcher:
                 "start_ticks": run.start_ticks,
                 "cgroup": str(run.container.cgroup or ""),
             },
+            epoch=_fence(run.spec),
         )
         self._metrics.running(run.task_id)
         # An abort published between the first check and registering the run found
@@ -357,12 +397,58 @@ class Launcher:
             )
         return moved
 
+    async def _resume(self, run: ActiveRun, state: TaskState, fields: dict[str, object]) -> None:
+        """Puts a durable run whose leader a foreign signal killed back on the stream for
+        another attempt; else (past its attempts: the reason says so) records its end."""
+        if not await self._resumed(run, fields):
+            self._metrics.finished(run.spec, state, float(str(fields.get("duration_s", 0))))
+            await self._recorder.record(run.task_id, state, fields, epoch=_fence(run.spec))
+            log.info("task %s %s: %s", run.task_id, state.value, fields.get("reason"))
+
+    async def _resumed(self, run: ActiveRun, fields: dict[str, object]) -> bool:
+        reason = str(fields.get("reason", ""))
+        try:
+            result = await self._store.resume(
+                run.task_id, f"orphaned: {reason}", epoch=run.spec.epoch
+            )
+        except REDIS_ERRORS as exc:  # the failure goes to the outbox like any other end
+            log.warning("task %s: not resumed, Redis unreachable (%s)", run.task_id, exc)
+            return False
+        if result.outcome == "resumed":
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._store.client.srem(self._node_tasks, run.task_id)
+            log.warning(
+                "task %s: %s; resumed (attempt %s, epoch %s)",
+                run.task_id,
+                reason,
+                result.attempt,
+                result.epoch,
+            )
+            return True
+        if result.outcome == "exhausted":
+            fields["reason"] = (
+                f"{reason}; not resumed: its {result.attempt} attempts (max_attempts) are used up"
+            )
+        return False
+
+    async def _epoch_current(self, run: ActiveRun) -> bool:
+        """Whether a durable run is still at its epoch (no resume happened elsewhere)."""
+        try:
+            (epoch,) = await self._store.epochs([run.task_id])
+        except REDIS_ERRORS:
+            return False
+        return epoch == run.spec.epoch
+
     async def _aborted_before_start(self, task_id: str, reason: str) -> None:
         await self._recorder.record(task_id, TaskState.ABORTED, {"reason": reason})
         log.info("task %s aborted before it started: %s", task_id, reason)
 
-    async def _supervise(self, run: ActiveRun) -> None:
-        """Watches the run to its end, records how it ended, seals its session if killed."""
+    async def _supervise(
+        self, run: ActiveRun
+    ) -> tuple[ActiveRun, TaskState, dict[str, object]] | None:
+        """Watches the run to its end, records how it ended, seals its session if killed.
+
+        A durable run to resume is returned instead of recorded (see :meth:`_resume`)."""
         try:
             # The deadline was armed at the spawn; the watch starts at once, and the
             # terminal record waits for the `running` one (the task group) to keep order.
@@ -383,11 +469,17 @@ class Launcher:
             self.finished[state.value] += 1
             duration = gone - run.started
             fields["duration_s"] = f"{duration:.3f}"
-            self._metrics.finished(run.spec, state, duration)
-            await self._recorder.record(run.task_id, state, fields)
+            # Resumed only once out of the run table: the entry it puts back on the stream
+            # may be read here at once, and must not be taken for a duplicate.
+            resuming = _resumable(run, state)
+            if not resuming:
+                self._metrics.finished(run.spec, state, duration)
+                await self._recorder.record(run.task_id, state, fields, epoch=_fence(run.spec))
         finally:
             self._runs.remove(run)
             self._metrics.removed(run.spec)
+        if resuming:
+            return run, state, fields
         await self._credentials.release(run.task_id)
         killed = (
             f" (tree gone {(gone - run.kill.sent_at) * 1000:.1f} ms after the kill)"
@@ -404,6 +496,9 @@ class Launcher:
         )
         if run.kill is not None:
             self._metrics.kill_to_gone(run.kill.state, gone - run.kill.sent_at)
+            if run.spec.durable and not await self._epoch_current(run):
+                log.info("task %s: resumed elsewhere, its session is not sealed", run.task_id)
+                return None
             given = {
                 "adk_app": run.spec.app_name,
                 "user_id": run.spec.user_id,
@@ -412,3 +507,4 @@ class Launcher:
             await self._sealer.seal_killed(
                 run.task_id, state.value, str(fields.get("reason", "")), given
             )
+        return None

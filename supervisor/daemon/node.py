@@ -347,12 +347,18 @@ class Supervisor:
         runs = list(self.runs)
         try:
             records = await self.store.fields_many([r.task_id for r in runs], ("state",))
+            durable = [r for r in runs if r.spec.durable]
+            epochs = await self.store.epochs([r.task_id for r in durable])
         except REDIS_ERRORS:
             return
         for run, record in zip(runs, records, strict=True):
             state = record.get("state", "")
             if state in TERMINAL_STATES:
                 self.runs.kill_ended_elsewhere(run.task_id, state)
+        # A durable run a peer resumed meanwhile has a new epoch: this process is stale.
+        for run, epoch in zip(durable, epochs, strict=True):
+            if epoch != run.spec.epoch:
+                self.runs.kill_ended_elsewhere(run.task_id, f"resumed at epoch {epoch}")
 
     async def _shutdown(self) -> None:
         """The stop path: drain or kill per ``on_shutdown``, record every terminal state."""

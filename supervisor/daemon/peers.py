@@ -8,7 +8,8 @@ heartbeat is not taken for a mass death), takes the peer's work over:
 
 - it fails the peer's ``starting``/``running`` records as
   ``orphaned: node <id> stopped heartbeating`` through the task store's
-  compare-and-set, so when several peers notice at once each task fails once;
+  compare-and-set, so when several peers notice at once each task fails once
+  (a run of a durable app is resumed instead, once: :mod:`.resume`);
 - it claims the runs the peer took off the stream but never started (the
   peer's pending entries), so they run here;
 - it removes the peer from the registry and from the consumer group.
@@ -33,6 +34,8 @@ from agent_runtime.keys import RUNS_GROUP
 from agent_runtime.redis_connection import REDIS_ERRORS, as_text, describe_reply, wrong_type
 from agent_runtime.task_store import LIVE_STATES, TaskStore
 
+from .resume import resume_orphans
+
 __all__ = ["PeerWatch", "Takeover"]
 
 log = logging.getLogger("adk_supervisor")
@@ -47,6 +50,8 @@ class Takeover:
     claimed: int
     moved: int = 0
     """How many of ``failed`` this node moved (a peer that noticed first moved the rest)."""
+    resumed: int = 0
+    """Runs of durable apps this node put back on the runs stream instead of failing them."""
 
 
 class PeerWatch:
@@ -147,6 +152,7 @@ class PeerWatch:
             for task_id, record in zip(task_ids, records, strict=True)
             if record.get("state") in LIVE_STATES and record.get("node_id") == node
         }
+        resumed = await resume_orphans(self.store, failures)
         moved = await self.store.fail_many(failures)
         if task_ids:
             await client.srem(tasks_key, *task_ids)
@@ -171,4 +177,4 @@ class PeerWatch:
             moved,
             claimed,
         )
-        return Takeover(node, failures, claimed, moved)
+        return Takeover(node, failures, claimed, moved, len(resumed))

@@ -1,5 +1,8 @@
 """Startup reconcile: no record of this node stays ``starting``/``running`` after its process died.
 
+A run of a durable app (``on_orphan = "resume"``) is put back on the runs stream
+instead of failed (:mod:`.resume`).
+
 Everything a record holds (PID, start ticks, boot id) is public in /proc and
 can be planted by anyone who writes to Redis, so it only says where to look: a
 process is signalled only once, held by a pidfd, it is proven a run of this
@@ -32,6 +35,7 @@ from agent_runtime.task_store import LIVE_STATES, TaskStore
 from ..process.containment import Containment
 from ..process.identity import carries_marker, carrying, process_start_ticks, signal_proven
 from ..process.tree import run_marker
+from .resume import resume_orphans
 
 __all__ = ["ReconcileReport", "reconcile_node"]
 
@@ -49,6 +53,8 @@ class ReconcileReport:
     killed: int
     seconds: float
     failures: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    resumed: int = 0
+    """Runs of durable apps put back on the runs stream instead of failed."""
 
 
 def _kill_marked(task_ids: set[str]) -> None:
@@ -138,9 +144,13 @@ async def reconcile_node(
             await anyio.sleep(0.005)
         with contextlib.suppress(OSError):
             containment.release(container)
+    orphans = list(failures)
+    resumed = await resume_orphans(store, failures)
     moved = await store.fail_many(failures)
-    if failures or finished:
-        await store.client.srem(node_tasks_key, *failures, *finished)
+    if orphans or finished:
+        await store.client.srem(node_tasks_key, *orphans, *finished)
     for task_id, fields in failures.items():
         log.warning("task %s failed at reconcile: %s", task_id, fields["reason"])
-    return ReconcileReport(len(task_ids), moved, len(killed), time.monotonic() - began, failures)
+    return ReconcileReport(
+        len(task_ids), moved, len(killed), time.monotonic() - began, failures, len(resumed)
+    )

@@ -37,7 +37,7 @@ class Recorder:
         self._store = store
         self._metrics = metrics or NodeMetrics()
         self._node_tasks_key = node_tasks_key
-        self._outbox: deque[tuple[str, TaskState, dict[str, object]]] = deque()
+        self._outbox: deque[tuple[str, TaskState, dict[str, object], int | None]] = deque()
         self._wake = anyio.Event()
         self._empty = anyio.Event()
         self._empty.set()
@@ -47,20 +47,27 @@ class Recorder:
         """Transitions waiting for Redis."""
         return len(self._outbox)
 
-    async def record(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+    async def record(
+        self,
+        task_id: str,
+        state: TaskState,
+        fields: dict[str, object],
+        *,
+        epoch: int | None = None,
+    ) -> None:
         """Writes a transition now, or keeps it in order until Redis is back. Never raises
-        for Redis trouble."""
+        for Redis trouble. ``epoch``: a durable run's, written only while it is current."""
         if state.terminal:
             self._metrics.recorded_end(task_id, state)
             # When it ended, not when Redis took it: the outbox may hold it for minutes.
             fields = {"ended_at": repr(time.time()), **fields}
         if not self._outbox:
             try:
-                await self._write(task_id, state, fields)
+                await self._write(task_id, state, fields, epoch)
                 return
             except REDIS_ERRORS as exc:
                 log.warning("Redis unreachable (%s): keeping %s=%s for later", exc, task_id, state)
-        self._outbox.append((task_id, state, fields))
+        self._outbox.append((task_id, state, fields, epoch))
         if self._empty.is_set():
             self._empty = anyio.Event()
         self._wake.set()
@@ -96,9 +103,9 @@ class Recorder:
             await self._wake.wait()
             self._wake = anyio.Event()
             while self._outbox:
-                task_id, state, fields = self._outbox[0]
+                task_id, state, fields, epoch = self._outbox[0]
                 try:
-                    await self._write(task_id, state, fields)
+                    await self._write(task_id, state, fields, epoch)
                 except REDIS_ERRORS:
                     await anyio.sleep(_RETRY_S)
                     continue
@@ -106,11 +113,13 @@ class Recorder:
                 log.info("task %s: %s written after Redis came back", task_id, state)
             self._empty.set()
 
-    async def _write(self, task_id: str, state: TaskState, fields: dict[str, object]) -> None:
+    async def _write(
+        self, task_id: str, state: TaskState, fields: dict[str, object], epoch: int | None
+    ) -> None:
         # A key of the wrong type (anyone can write one) is no outage: retried, it would
         # hold every later transition of every run behind it for good.
         try:
-            result = await self._store.transition(task_id, state, fields)
+            result = await self._store.transition(task_id, state, fields, epoch=epoch)
         except ResponseError as exc:
             if not wrong_type(exc):
                 raise

@@ -1,0 +1,51 @@
+"""The start-time check of durable apps: ``on_orphan = "resume"`` only for a resumable ADK App.
+
+A non-resumable app given an invocation id silently restarts the whole
+invocation (its tools run again, the user message is appended again), so such
+a configuration is refused by ``check-config`` and by the daemon at start. The
+app is imported in a subprocess (``python -m agent_runtime.durable``): neither
+the daemon nor the CLI imports ADK or any app itself.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ..config import Settings
+from ..errors import ConfigError
+
+__all__ = ["check_durable_apps", "durable_app_problems"]
+
+_CHECK_TIMEOUT_S = 120.0
+
+
+def durable_app_problems(settings: Settings) -> list[str]:
+    """One line per app with ``on_orphan = "resume"`` that cannot be resumed (empty: all fine)."""
+    problems = []
+    for name in sorted(settings.apps):
+        if settings.durable_for(name) is None:
+            continue
+        ref = settings.apps[name]
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "agent_runtime.durable", ref, name],
+                capture_output=True,
+                text=True,
+                timeout=_CHECK_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problems.append(f'[apps.{name}] on_orphan = "resume": cannot check {ref}: {exc}')
+            continue
+        if done.returncode != 0:
+            why = done.stdout.strip() or done.stderr.strip()[-2000:] or f"exit {done.returncode}"
+            problems.append(f'[apps.{name}] on_orphan = "resume", but {ref} is {why}'.rstrip())
+    return problems
+
+
+def check_durable_apps(settings: Settings) -> None:
+    """Raises :class:`ConfigError` naming every durable app that cannot be resumed."""
+    problems = durable_app_problems(settings)
+    if problems:
+        raise ConfigError(problems)
