@@ -25,7 +25,7 @@ run: $(STAMP)
 	trap 'stopping=1; kill -TERM $$gateway $$daemon 2>/dev/null' TERM; \
 	$(BIN)/adk-supervisor run & daemon=$$!; \
 	$(BIN)/adk-supervisor gateway & gateway=$$!; \
-	echo "adk-supervisor: daemon and gateway starting; open http://127.0.0.1:8000/dev-ui/ once the gateway says ready (Ctrl-C stops both)"; \
+	echo "adk-supervisor: daemon and gateway starting; once the gateway says ready, open http://127.0.0.1:8000/dev-ui/ (ADK web UI) and http://127.0.0.1:8000/console (operator console); Ctrl-C stops both"; \
 	while kill -0 $$daemon 2>/dev/null && kill -0 $$gateway 2>/dev/null; do sleep 0.5; done; \
 	[ -n "$$stopping" ] || kill -TERM $$gateway $$daemon 2>/dev/null; \
 	wait $$gateway; wait $$daemon

@@ -92,6 +92,11 @@ class KeySchema:
         """String with a TTL: exists while the node's daemon reaches Redis."""
         return f"{self.prefix}node:{node_id}:heartbeat"
 
+    def node_usage(self, node_id: str) -> str:
+        """Hash with a TTL: the node's live runs' CPU and memory (task id -> JSON), for the
+        console; rewritten every heartbeat interval (``daemon/usage.py``)."""
+        return f"{self.prefix}node:{node_id}:usage"
+
     # -- one live run per session (the scripts of task_store.py build the same names)
     @staticmethod
     def session_part(app_name: str, user_id: str, session_id: str) -> str:

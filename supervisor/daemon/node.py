@@ -49,6 +49,7 @@ from .retention import LogPolicy, LogRetention
 from .runs import RunTable
 from .sealing import Sealer
 from .status import package_version, run_rows
+from .usage import UsageBoard
 
 __all__ = ["Supervisor"]
 
@@ -213,6 +214,7 @@ class Supervisor:
                 await tg.start(self.intake.run)
                 await tg.start(self.peers.run, self.settings.heartbeat_interval_s, self._took_over)
                 await tg.start(self.retention.run)
+                await tg.start(self._usage_board().run)
                 if (address := self.settings.metrics_address) is not None:
                     await tg.start(self._metrics_service(address).run)
                 if report.failures:
@@ -312,6 +314,14 @@ class Supervisor:
             self.settings.metrics_poll_interval_s,
             self.client,
             self.store.keys.runs,
+            lambda: self.runs,
+        )
+
+    def _usage_board(self) -> UsageBoard:
+        return UsageBoard(
+            self.client,
+            self.store.keys.node_usage(self.node_id),
+            self.settings.heartbeat_interval_s,
             lambda: self.runs,
         )
 

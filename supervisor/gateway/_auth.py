@@ -1,7 +1,8 @@
 """The optional bearer token (``gateway_token``): every request but ``GET /health`` carries it.
 
 API clients send ``Authorization: Bearer <token>``. ADK's web UI cannot add a
-header to its requests, so a browser opens ``/dev-ui/?token=<token>`` once: the
+header to its requests, so a browser opens ``/dev-ui/?token=<token>`` (or the
+console's ``/console?token=<token>``) once: the
 gateway answers with a cookie (a keyed hash of the token, ``HttpOnly``,
 ``SameSite=Strict``, so no other site's page can make the browser send it) and
 a redirect to the same page without the token in its address; the UI's own
@@ -99,7 +100,7 @@ async def _unauthorized(scope: Scope, receive: Receive, send: Send) -> None:
     body = json.dumps(
         {
             "detail": "missing or wrong bearer token: send 'Authorization: Bearer <gateway_token>'"
-            "; in a browser, open /dev-ui/?token=<gateway_token> once"
+            "; in a browser, open /dev-ui/?token=<gateway_token> (or /console?token=...) once"
         }
     ).encode()
     await send(

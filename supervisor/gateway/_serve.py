@@ -90,4 +90,11 @@ async def _announce(server: object, settings: Settings, redis_url: str, key_pref
         "required" if settings.gateway_token else "not required",
     )
     ui = f"http://{shown}:{port}/dev-ui/" if settings.gateway_dev_ui else "off"
-    log.info("gateway: ready: http://%s:%d (ADK web UI: %s)", shown, port, ui)
+    log.info(
+        "gateway: ready: http://%s:%d (ADK web UI: %s; console: http://%s:%d/console)",
+        shown,
+        port,
+        ui,
+        shown,
+        port,
+    )

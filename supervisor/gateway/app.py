@@ -17,6 +17,7 @@ from ..client import SupervisorClient
 from ..config import Settings
 from ._app_routes import app_router
 from ._auth import TokenGuard
+from ._console import mount_console
 from ._dev_ui import mount_dev_ui
 from ._errors import install_error_handlers
 from ._gateway import TASK_HEADER, Gateway
@@ -59,6 +60,7 @@ def create_app(
     app.include_router(app_router(gw))
     app.include_router(session_router(gw))
     app.include_router(run_router(gw))
+    mount_console(app, gw)
     if settings.gateway_dev_ui:
         mount_dev_ui(app)
 
