@@ -8,11 +8,14 @@ in its tool for a minute.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import httpx
 import psutil
 import pytest
@@ -204,6 +207,10 @@ async def test_the_console_in_a_real_browser_shows_a_new_run_its_log_and_stop_ki
 
         await page.click(row)  # its event log: the tool call it sits in
         await page.wait_for("document.getElementById('log').innerText.includes('slow_lookup(')")
+        if shot := os.environ.get("CONSOLE_SCREENSHOT"):  # README's picture: this page, now
+            await page.wait_for(f"document.querySelector('{row}').innerText.includes('%')")
+            png = await page.call("Page.captureScreenshot", format="png")
+            await anyio.Path(shot).write_bytes(base64.b64decode(png["data"]))
 
         await page.js("document.getElementById('stop-reason').value = 'runaway, from the page'")
         tree = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
