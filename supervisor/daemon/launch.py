@@ -384,6 +384,13 @@ class Launcher:
                 allowed_from=(TaskState.QUEUED,),
             )
         await entry.ack()
+        if turn.outcome == "waiting":
+            # A bare PUBLISH that arrived while the claim was in flight was parked for a
+            # start that is not happening now: the run waits in its line, so end it there
+            # (else the abort, which has no durable mark, would be lost).
+            parked = self._runs.parked_abort(task_id)
+            if parked is not None and (await self._store.abort_waiting(task_id, parked)).applied:
+                log.info("task %s: aborted while it waits for its session: %s", task_id, parked)
         if not moved:
             if added:
                 await self._store.client.srem(self._node_tasks, task_id)
