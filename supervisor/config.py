@@ -65,15 +65,6 @@ def _split_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _host_port(value: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port``) as (host, port); ValueError if it is not one."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError('must be "host:port", such as "127.0.0.1:9464" or "[::1]:9464"')
-    return host, int(port)
-
-
 class AppLimits(BaseModel):
     """The options of an ``[apps.<name>]`` table besides ``ref``: limits and durability."""
 
@@ -225,7 +216,7 @@ class Settings(BaseSettings):
     @classmethod
     def _metrics_listen(cls, value: str) -> str:
         if value:
-            _host_port(value)
+            _split_listen(value)
         return value
 
     @field_validator("socket_mode", mode="before")
@@ -327,7 +318,7 @@ class Settings(BaseSettings):
     @property
     def metrics_address(self) -> tuple[str, int] | None:
         """``metrics_listen`` as (host, port); None when metrics are off."""
-        return _host_port(self.metrics_listen) if self.metrics_listen else None
+        return _split_listen(self.metrics_listen) if self.metrics_listen else None
 
     @classmethod
     def settings_customise_sources(
