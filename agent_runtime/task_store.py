@@ -58,8 +58,12 @@ class InvalidTaskIdError(ValueError):
 def check_task_id(task_id: str) -> str:
     """Returns ``task_id`` if it is a valid task id, else raises :class:`InvalidTaskIdError`."""
     if not _TASK_ID.fullmatch(task_id):
+        # Quoted in part: the message is logged and answered, and the id is anyone's input.
+        shown = (
+            repr(task_id) if len(task_id) <= 200 else f"{task_id[:200]!r}... ({len(task_id)} chars)"
+        )
         raise InvalidTaskIdError(
-            f"invalid task id {task_id!r}: use 1-128 characters from A-Z a-z 0-9 _ . : @ = + -, "
+            f"invalid task id {shown}: use 1-128 characters from A-Z a-z 0-9 _ . : @ = + -, "
             "not starting with '.'"
         )
     return task_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from agent_runtime.task_store import InvalidTaskIdError, check_task_id
 from supervisor.daemon.admission import QUOTED_CHARS, Rejected, admit, resolve_app
 
 APPS = {"weather": "examples.agents:weather_agent"}
@@ -97,3 +98,13 @@ def test_a_short_value_is_quoted_whole() -> None:
         _admit({"task_id": "t1", "app": "nope", "user_id": "u", "message": "hi"})
     with pytest.raises(ValueError, match=r"^unknown app '" + "y" * 200 + "'"):
         resolve_app("y" * 200, APPS, True)
+
+
+def test_an_invalid_task_id_is_quoted_in_part_wherever_it_is_checked() -> None:
+    # check_task_id serves the client, the socket and the gateway too, not only admission.
+    try:
+        check_task_id("/" * 1_000_000)
+    except InvalidTaskIdError as exc:
+        assert len(str(exc)) < 400 and "(1000000 chars)" in str(exc)
+    else:
+        raise AssertionError("accepted")
