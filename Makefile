@@ -95,6 +95,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cli_latency.py
 	$(BIN)/python bench/stream_latency.py
 	$(BIN)/python bench/gateway_latency.py
+	$(BIN)/python bench/resume_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
