@@ -124,10 +124,23 @@ async def run(spec: RunSpec) -> None:
 
 async def _resume(spec: RunSpec, sessions: Any, app_name: str, keys: KeySchema) -> bool:
     """Readies the session to continue ``spec.invocation_id``; False if that invocation never
-    reached the session (the run then starts afresh with its message)."""
+    reached the session (the run then starts afresh with its message).
+
+    Raises :class:`SessionIntegrityError` (the run fails with it as its reason, and exits
+    on its own, so it is not resumed again) if the session's integrity chain is broken:
+    continuing an altered or truncated history would run the agent on a past that never
+    happened, or run again calls whose answers were lost."""
     from .durable import prepare_resume
     from .redis_connection import as_text
+    from .session_integrity import SessionIntegrityError
 
+    report = await sessions.verify(app_name, spec.user_id, spec.session_id)
+    if not report.ok and report.problem != "not_found":
+        raise SessionIntegrityError(
+            f"not resumed: session {spec.session_id!r} fails its integrity check: {report.detail}"
+        )
+    if report.problem == "unchained":
+        print(f"resuming from an unchained session: {report.detail}", file=sys.stderr, flush=True)
     session = await sessions.get_session(
         app_name=app_name, user_id=spec.user_id, session_id=spec.session_id
     )

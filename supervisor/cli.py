@@ -101,6 +101,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
         "serve ADK's api_server routes and web UI over HTTP, each run supervised",
         "adk-supervisor --config config.toml gateway --port 8000   # then open /dev-ui/",
     ),
+    "verify-session": (
+        "check a stored session's integrity chain: exit 0 intact (or unchained), 1 broken",
+        "adk-supervisor verify-session weather u1 3f2a9c... --json",
+    ),
 }
 
 
@@ -211,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     p = parsers["wait"]
     p.add_argument("task_id")
     p.add_argument("--timeout", type=float, metavar="SEC", help="give up after SEC (exit 124)")
+    p = parsers["verify-session"]
+    p.add_argument("app", help="the ADK app name the session is stored under (records: adk_app)")
+    p.add_argument("user_id")
+    p.add_argument("session_id")
     p = parsers["gateway"]
     p.add_argument("--host", help="address to listen on (default: gateway_listen's, 127.0.0.1)")
     p.add_argument(
@@ -644,6 +652,39 @@ def _daemon_redis(socket: Path, wait_s: float) -> tuple[str, str]:
         return str(reply["redis_url"]), str(reply["key_prefix"])
 
 
+def _verify_session(args: argparse.Namespace) -> int:
+    """``verify-session``: recomputes the session's chain (no ADK import: it needs none)."""
+    settings: Settings | None = None
+    socket: Path | None = args.socket
+    if socket is None:
+        try:
+            socket = locate_socket(args.config)
+        except (OSError, ValueError):  # the full settings say what is wrong
+            settings = _settings(args)
+            socket = settings.status_socket
+    url, prefix = _redis_target(args, socket, settings)
+    import anyio
+
+    from agent_runtime.redis_connection import connect
+    from agent_runtime.session_integrity import verify_chain
+
+    async def run() -> Any:
+        client = connect(url)
+        try:
+            return await verify_chain(client, prefix, args.app, args.user_id, args.session_id)
+        finally:
+            await client.aclose()
+
+    report = anyio.run(run)
+    if report.problem == "not_found":
+        raise CliError(report.detail, EXIT_NOT_FOUND)
+    if args.json:
+        _print(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        _print(report.detail)
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     from agent_runtime.redis_url import redact_url
 
@@ -729,6 +770,8 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_OK
         if args.command == "gateway":
             return _gateway(args)
+        if args.command == "verify-session":
+            return _verify_session(args)
         return _client_command(args)
     except ConfigError as exc:
         print(f"adk-supervisor: {exc}", file=sys.stderr)

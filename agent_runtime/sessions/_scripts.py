@@ -96,7 +96,8 @@ end
 """
 
 # KEYS: meta, state, app_state, user_state, user_index
-# ARGV: base, member, session_part, now, ttl_ms, <session pairs>, <app pairs>, <user pairs>
+# ARGV: base, member, session_part, now, ttl_ms, <session pairs>, <app pairs>, <user pairs>,
+#       genesis (the integrity chain's first head, see agent_runtime.session_integrity)
 CREATE = (
     _COMMON
     + r"""
@@ -105,8 +106,9 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local i = hset_pairs(KEYS[2], ARGV, 6)
 i = hset_pairs(KEYS[3], ARGV, i)
-hset_pairs(KEYS[4], ARGV, i)
-redis.call('HSET', KEYS[1], 'ct', ARGV[4], 'ut', ARGV[4], 'rev', 1, 'seq', 0, 'lei', '')
+i = hset_pairs(KEYS[4], ARGV, i)
+redis.call('HSET', KEYS[1], 'ct', ARGV[4], 'ut', ARGV[4], 'rev', 1, 'seq', 0, 'lei', '',
+           'head', ARGV[i])
 local ttl_ms = tonumber(ARGV[5])
 index_session(ARGV[1], ARGV[2], ARGV[3], KEYS[5], ARGV[4], ttl_ms)
 expire_session({KEYS[1], KEYS[2]}, ttl_ms)
@@ -117,7 +119,12 @@ return {'OK', redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 # KEYS: meta, state, events, timestamps, app_state, user_state, user_index
 # ARGV: base, member, session_part, ttl_ms, marker, caller_update_time,
 #       caller_last_event_id ('' = caller holds no events), event_id, event_ts,
-#       event_json, <session pairs>, <app pairs>, <user pairs>[, fence key, epoch]
+#       event_json, head the caller linked to, the event's chain link,
+#       <session pairs>, <app pairs>, <user pairs>[, fence key, epoch]
+# A session with a chain head (see agent_runtime.session_integrity) takes the event only
+# if the caller linked it to that head ('HEAD' and the stored head otherwise, after the
+# revision checks, so the caller may link again); the link goes beside the event (field
+# 'h:<seq>') and becomes the head. A session from before chains (no head) stays unchained.
 # With a fence (a durable run's epoch key and the epoch its process was started at), the
 # append is refused unless the key still holds that epoch (absent reads as 0): a process
 # of a run resumed elsewhere since cannot add one event. The fence key is an argument, not
@@ -126,7 +133,7 @@ return {'OK', redis.call('HGETALL', KEYS[3]), redis.call('HGETALL', KEYS[4])}
 APPEND = (
     _COMMON
     + r"""
-local after = 11
+local after = 13
 for _ = 1, 3 do
   after = after + 1 + 2 * tonumber(ARGV[after])
 end
@@ -137,15 +144,16 @@ if #ARGV >= after + 1 then
     return {'FENCED', current}
   end
 end
-local meta = redis.call('HMGET', KEYS[1], 'rev', 'ut', 'seq', 'lei')
+local meta = redis.call('HMGET', KEYS[1], 'rev', 'ut', 'seq', 'lei', 'head')
 if not meta[1] then
   return {'NOTFOUND'}
 end
 local rev = tonumber(meta[1])
 local seq = tonumber(meta[3])
+local head = meta[5]
 -- An equal re-delivery of the last event (a retry after a lost reply) is a no-op.
 if meta[4] == ARGV[8] and seq > 0 and redis.call('HGET', KEYS[3], seq) == ARGV[10] then
-  return {'DUP', rev, meta[2]}
+  return {'DUP', rev, meta[2], head or ''}
 end
 if ARGV[5] ~= '' then
   if tonumber(ARGV[5]) ~= rev then
@@ -158,12 +166,21 @@ elseif tonumber(meta[2]) > tonumber(ARGV[6]) then
     return {'STALE'}
   end
 end
+if head and head ~= ARGV[11] then
+  return {'HEAD', head}
+end
 seq = seq + 1
 rev = rev + 1
-redis.call('HSET', KEYS[3], seq, ARGV[10])
+if head then
+  redis.call('HSET', KEYS[3], seq, ARGV[10], 'h:' .. seq, ARGV[12])
+  redis.call('HSET', KEYS[1], 'rev', rev, 'ut', ARGV[9], 'seq', seq, 'lei', ARGV[8],
+             'head', ARGV[12])
+else
+  redis.call('HSET', KEYS[3], seq, ARGV[10])
+  redis.call('HSET', KEYS[1], 'rev', rev, 'ut', ARGV[9], 'seq', seq, 'lei', ARGV[8])
+end
 redis.call('ZADD', KEYS[4], ARGV[9], seq)
-redis.call('HSET', KEYS[1], 'rev', rev, 'ut', ARGV[9], 'seq', seq, 'lei', ARGV[8])
-local i = hset_pairs(KEYS[2], ARGV, 11)
+local i = hset_pairs(KEYS[2], ARGV, 13)
 i = hset_pairs(KEYS[5], ARGV, i)
 hset_pairs(KEYS[6], ARGV, i)
 local ttl_ms = tonumber(ARGV[4])
@@ -176,7 +193,7 @@ return {'OK', rev}
 # KEYS: meta, state, events, timestamps, app_state, user_state
 # ARGV: num_recent_events ('' = all), after_timestamp ('' = none)
 GET = r"""
-local meta = redis.call('HMGET', KEYS[1], 'ct', 'ut', 'rev', 'seq')
+local meta = redis.call('HMGET', KEYS[1], 'ct', 'ut', 'rev', 'seq', 'head')
 if not meta[1] then
   return false
 end
@@ -215,7 +232,7 @@ while j <= #seqs do
   j = stop + 1
 end
 return {meta[1], meta[2], meta[3], redis.call('HGETALL', KEYS[2]),
-        redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]), events}
+        redis.call('HGETALL', KEYS[5]), redis.call('HGETALL', KEYS[6]), events, meta[5] or ''}
 """
 
 # One page of a listing: ZSCAN rather than a range by rank or score, because it

@@ -6,7 +6,10 @@ the app keeps ``app:`` state, per-user ``user:`` state and session indexes. An
 append is one EVALSHA that checks for a stale writer, stores the event, applies
 the state deltas, updates the indexes and slides the TTL, so its cost does not
 depend on how long the session already is. A listing walks its index a page
-per script call, so it never holds Redis for longer than one page.
+per script call, so it never holds Redis for longer than one page. Every event
+carries a SHA-256 link chained over the previous one, and the session's head moves
+in the append's own script (see :mod:`agent_runtime.session_integrity`);
+:meth:`RedisSessionService.verify` checks the chain.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import time
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -39,6 +43,7 @@ from typing_extensions import override
 
 from ..keys import AppKeys, SessionKeys, decode_part
 from ..redis_connection import as_text, connect, redact_url, translate_redis_errors
+from ..session_integrity import ChainReport, genesis, link, verify_chain
 from . import _scripts as scripts
 
 __all__ = ["FencedWriteError", "RedisSessionService"]
@@ -64,6 +69,9 @@ _URI_OPTIONS: Final = ("key_prefix", "session_ttl")
 # (aborts, task transitions) by no more than that, and an index of up to this
 # many sessions is listed in one round trip.
 DEFAULT_LIST_PAGE_SIZE: Final = 250
+# Sessions whose chain head (at a revision) a service remembers, so an append links to
+# it without reading it first; one not remembered costs one HGET before its append.
+_HEADS_KEPT: Final = 4096
 
 
 def _pairs(flat: Sequence[bytes | str]) -> dict[str, Any]:
@@ -184,6 +192,30 @@ class RedisSessionService(BaseSessionService):
         self._append_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        # (app, user, session) -> (revision, chain head at that revision; '' = unchained).
+        self._heads: OrderedDict[tuple[str, str, str], tuple[str, str]] = OrderedDict()
+
+    def _remember_head(self, ids: tuple[str, str, str], rev: str, head: str) -> None:
+        self._heads[ids] = (rev, head)
+        self._heads.move_to_end(ids)
+        if len(self._heads) > _HEADS_KEPT:
+            self._heads.popitem(last=False)
+
+    async def _head(self, ids: tuple[str, str, str], meta_key: str, rev: str | None) -> str:
+        """The chain head the caller's copy (at revision ``rev``) ends at: remembered, else
+        the stored one (if the copy is stale, the append's revision check refuses it)."""
+        known = self._heads.get(ids)
+        if known is not None and rev and known[0] == rev:
+            return known[1]
+        return as_text(await self._client.hget(meta_key, "head") or b"")
+
+    async def verify(self, app_name: str, user_id: str, session_id: str) -> ChainReport:
+        """Recomputes the session's integrity chain and says whether it holds, or what is
+        wrong (an event missing or altered, by its index; a head that names another
+        history: truncated). A session from before chains is reported ``unchained``."""
+        self._keys(app_name, user_id, session_id)  # validates the ids
+        async with translate_redis_errors(self._where):
+            return await verify_chain(self._client, self.key_prefix, app_name, user_id, session_id)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -227,6 +259,7 @@ class RedisSessionService(BaseSessionService):
             raise TypeError(f"state must be a dict, got {type(state).__name__}")
         deltas = _session_util.extract_json_safe_state_delta(state or {})
         now = time.time()
+        first_head = genesis(app_name, user_id, session_id)
         async with translate_redis_errors(self._where):
             reply = await self._create(
                 keys=[
@@ -245,10 +278,12 @@ class RedisSessionService(BaseSessionService):
                     *_flatten(deltas["session"]),
                     *_flatten(deltas["app"]),
                     *_flatten(deltas["user"]),
+                    first_head,
                 ],
             )
         if as_text(reply[0]) == "EXISTS":
             raise AlreadyExistsError(f"Session with id {session_id} already exists.")
+        self._remember_head((app_name, user_id, session_id), "1", first_head)
         session_state = json.loads(json.dumps(deltas["session"]))
         _merge(session_state, _pairs(reply[1]), _pairs(reply[2]))
         session = Session(
@@ -296,7 +331,8 @@ class RedisSessionService(BaseSessionService):
             )
         if reply is None:
             return None
-        _ct, update_time, rev, state_flat, app_flat, user_flat, raw_events = reply
+        _ct, update_time, rev, state_flat, app_flat, user_flat, raw_events, head = reply
+        self._remember_head((app_name, user_id, session_id), as_text(rev), as_text(head))
         state = _pairs(state_flat)
         _merge(state, _pairs(app_flat), _pairs(user_flat))
         events = self._decode_events(raw_events)
@@ -430,6 +466,8 @@ class RedisSessionService(BaseSessionService):
         async with lock:
             caller_last_id = session.events[-1].id if session.events else ""
             async with translate_redis_errors(self._where):
+                head = await self._head(lock_key, keys.meta, session._storage_update_marker)
+                new_head = link(head, event_json.encode()) if head else ""
                 reply = await self._append(
                     keys=[
                         keys.meta,
@@ -451,6 +489,8 @@ class RedisSessionService(BaseSessionService):
                         event.id,
                         repr(event.timestamp),
                         event_json,
+                        head,
+                        new_head,
                         *_flatten(deltas["session"]),
                         *_flatten(deltas["app"]),
                         *_flatten(deltas["user"]),
@@ -467,9 +507,14 @@ class RedisSessionService(BaseSessionService):
                 )
             if status == "NOTFOUND":
                 raise SessionNotFoundError(f"Session {session.id} not found.")
-            if status == "STALE":
+            if status in ("STALE", "HEAD"):  # HEAD: the head moved since it was read
                 raise StaleSessionError(_STALE_MESSAGE)
             session._storage_update_marker = str(reply[1])
+            self._remember_head(
+                lock_key,
+                session._storage_update_marker,
+                as_text(reply[3]) if status == "DUP" else new_head,
+            )
             if status == "DUP":
                 session.last_update_time = float(reply[2])
                 if session.events and session.events[-1] == event:
