@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .redis_url import SCHEMES, redact_url
+from .redis_url import SCHEMES, SENTINEL_FORM, SENTINEL_SCHEMES, parse_sentinel_url, redact_url
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -25,6 +35,7 @@ __all__ = [
     "as_text",
     "connect",
     "describe_reply",
+    "outage_reply",
     "redact_url",
     "translate_redis_errors",
     "wrong_type",
@@ -78,6 +89,34 @@ def wrong_type(error: BaseException) -> bool:
     )
 
 
+# Error replies that mean "not now, ask again" rather than "this command is wrong": a
+# failover in progress (READONLY from a demoted master, MASTERDOWN from a replica whose
+# master is gone), too few replicas for min-replicas-to-write (NOREPLICAS), a node still
+# loading its data set (LOADING), or a cluster resharding or down.
+_OUTAGE_REPLY = re.compile(
+    r"(?:Command # \d+ \(.*\) of pipeline caused error: \('?)?"
+    r"(?:READONLY|NOREPLICAS|MASTERDOWN|LOADING|TRYAGAIN|CLUSTERDOWN)\b",
+    re.S,
+)
+
+
+_OUTAGE_CLASSES = (ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
+
+
+def outage_reply(error: BaseException) -> bool:
+    """Whether ``error`` is an error reply that an outage or failover explains (retry later)."""
+    # redis-py strips the code of the replies it has a class for (READONLY...).
+    return isinstance(error, _OUTAGE_CLASSES) or (
+        isinstance(error, ResponseError) and _OUTAGE_REPLY.match(str(error)) is not None
+    )
+
+
+def _with_code(error: ResponseError) -> str:
+    code = getattr(error, "status_code", None)
+    text = str(error)
+    return f"{code} {text}" if isinstance(code, str) and not text.startswith(code) else text
+
+
 def describe_reply(key: str, error: BaseException) -> str:
     """An error reply about ``key``, said so an operator knows what to do."""
     text = str(error)
@@ -111,7 +150,8 @@ def connect(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     **kwargs: Any,
 ) -> aioredis.Redis:
-    """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL.
+    """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS), ``unix://`` or
+    ``redis+sentinel://`` URL.
 
     Credentials (``redis://user:password@host``) and the database number
     (``/0`` or ``?db=0``) come from the URL, as redis-py parses them. Replies
@@ -122,14 +162,27 @@ def connect(
     must come within ``socket_timeout_s`` (redis-py waits for ever by default, so a
     frozen Redis or a connection to a dead master hung every caller); pub/sub's
     blocking reads are exempt (redis-py 8.1 reads them without a timeout).
+
+    A Sentinel URL gives a client of the named master, found through the sentinels,
+    with the same pool and timeouts; see :class:`_SentinelMasterPool` for how it
+    follows a failover.
     """
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise ValueError(
             f"unsupported Redis URL {redact_url(url)!r}: use redis://host:port/db, "
-            "rediss://host:port/db (TLS) or unix:///path/to/redis.sock"
+            f"rediss://host:port/db (TLS), unix:///path/to/redis.sock or {SENTINEL_FORM}"
         )
     kwargs.setdefault("decode_responses", False)
+    if scheme in SENTINEL_SCHEMES:
+        return _connect_sentinel(
+            url,
+            max_connections=max_connections,
+            pool_timeout_s=pool_timeout_s,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            **kwargs,
+        )
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -141,11 +194,101 @@ def connect(
     return aioredis.Redis.from_pool(pool)
 
 
+SENTINEL_RECHECK_S = 1.0
+"""How often (at most) a Sentinel client asks the sentinels who the master is."""
+
+
+class _SentinelMasterPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's Sentinel pool, blocking when full, that also notices a failover in time.
+
+    redis-py asks the sentinels only when it opens a connection, and turns READONLY into
+    a reconnect; but a demoted master keeps accepting writes until Sentinel reconfigures
+    it (about 10 s after a ``SENTINEL FAILOVER``), and every one of those is lost when it
+    resyncs. So at most every :data:`SENTINEL_RECHECK_S` a caller asks the sentinels
+    again, and a pooled connection to anything but the current master is reopened.
+    """
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]
+        self._recheck_at = 0.0
+
+    async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> Any:
+        now = time.monotonic()
+        if now >= self._recheck_at:
+            # Set first: callers meanwhile use the address known so far, one asks.
+            self._recheck_at = now + SENTINEL_RECHECK_S
+            try:
+                # Closes the idle connections if the master moved.
+                await self.get_master_address()  # type: ignore[no-untyped-call]
+            except MasterNotFoundError:
+                self._recheck_at = 0.0  # connecting raises it to the caller
+        connection = await super().get_connection()  # type: ignore[no-untyped-call]
+        address = self.master_address
+        if (
+            address is not None
+            and connection.is_connected
+            and (connection.host, connection.port) != address
+        ):
+            try:
+                await connection.disconnect()
+                await self.ensure_connection(connection)
+            except BaseException:
+                await self.release(connection)
+                raise
+        return connection
+
+
+def _connect_sentinel(
+    url: str,
+    *,
+    max_connections: int,
+    pool_timeout_s: float,
+    socket_timeout_s: float,
+    connect_timeout_s: float,
+    **kwargs: Any,
+) -> aioredis.Redis:
+    parsed = parse_sentinel_url(url)
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+    }
+    if parsed.sentinel_password is not None:
+        sentinel_kwargs["password"] = parsed.sentinel_password
+        sentinel_kwargs["username"] = parsed.sentinel_username
+    if parsed.tls:
+        sentinel_kwargs["ssl"] = True
+    sentinels = list(parsed.sentinels)
+    sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client: aioredis.Redis = sentinel.master_for(
+        parsed.service,
+        connection_pool_class=_SentinelMasterPool,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=connect_timeout_s,
+        db=parsed.db,
+        username=parsed.username,
+        password=parsed.password,
+        ssl=parsed.tls,
+        **kwargs,
+    )
+    return client
+
+
 @asynccontextmanager
 async def translate_redis_errors(where: str) -> AsyncIterator[None]:
-    """Re-raises redis-py's connection and timeout errors as :class:`RedisUnavailableError`."""
+    """Re-raises redis-py's connection and timeout errors, and the error replies of a
+    failover or of too few replicas (:func:`outage_reply`), as :class:`RedisUnavailableError`."""
     try:
         yield
+    except ResponseError as exc:
+        if not outage_reply(exc):
+            raise
+        raise RedisUnavailableError(
+            f"Redis at {where} cannot take the call now ({_with_code(exc)}): a failover, "
+            "or too few replicas for min-replicas-to-write; the call may not have been "
+            "applied and is safe to retry"
+        ) from exc
     except AuthenticationError:
         # A subclass of ConnectionError in redis-py, but retrying will not help.
         raise

@@ -7,19 +7,140 @@ a third of a second on a small machine.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
-__all__ = ["SCHEMES", "redact_url"]
+__all__ = [
+    "SCHEMES",
+    "SENTINEL_SCHEMES",
+    "SentinelURL",
+    "describe_topology",
+    "parse_sentinel_url",
+    "redact_url",
+]
 
-SCHEMES: Final = ("redis", "rediss", "unix")
+SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
+SCHEMES: Final = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+
+SENTINEL_FORM: Final = (
+    "redis+sentinel://[user:password@]host:26379[,host2:26379...]/<master-name>[/db]"
+)
+
+# Query options of a Sentinel URL; anything else is a typo the operator should hear about.
+_SENTINEL_OPTIONS: Final = frozenset(
+    {"sentinel_username", "sentinel_password", "wait_replicas", "wait_timeout_ms"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelURL:
+    """A ``redis+sentinel://`` URL taken apart.
+
+    ``username``/``password`` are the master's (the data node's); the sentinels get
+    ``sentinel_username``/``sentinel_password`` from the query, as they often have
+    no ACL users of their own. ``wait_replicas`` > 0 asks writers that can (the
+    session service) to confirm each append on that many replicas with ``WAIT``.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int
+    tls: bool
+    username: str | None
+    password: str | None
+    sentinel_username: str | None
+    sentinel_password: str | None
+    wait_replicas: int
+    wait_timeout_ms: int
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parses ``redis+sentinel://`` / ``rediss+sentinel://``; ``ValueError`` says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in SENTINEL_SCHEMES:
+        raise ValueError(f"not a Sentinel URL ({SENTINEL_FORM})")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    sentinels: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), "26379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"bad sentinel address {item!r} in {redact_url(url)!r}: {SENTINEL_FORM}"
+            )
+        sentinels.append((host, int(port)))
+    path = [segment for segment in parts.path.split("/") if segment]
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{redact_url(url)!r} names no master (or a bad db): {SENTINEL_FORM}")
+    username = password = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if sep else None
+    options = dict(parse_qsl(parts.query))
+    unknown = sorted(set(options) - _SENTINEL_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} in {redact_url(url)!r}: a Sentinel URL takes "
+            f"{sorted(_SENTINEL_OPTIONS)}"
+        )
+    numbers = {}
+    for name, default in (("wait_replicas", 0), ("wait_timeout_ms", 1000)):
+        raw = options.get(name, str(default))
+        if not raw.isdigit():
+            raise ValueError(f"{name} must be a whole number, got {raw!r}")
+        numbers[name] = int(raw)
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        service=unquote(path[0]),
+        db=int(path[1]) if len(path) == 2 else 0,
+        tls=parts.scheme == "rediss+sentinel",
+        username=username,
+        password=password,
+        sentinel_username=options.get("sentinel_username"),
+        sentinel_password=options.get("sentinel_password"),
+        wait_replicas=numbers["wait_replicas"],
+        wait_timeout_ms=numbers["wait_timeout_ms"],
+    )
 
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages."""
     parts = urlsplit(url)
+    query = "&".join(
+        f"{item.split('=', 1)[0]}=***" if item.startswith("sentinel_password=") else item
+        for item in parts.query.split("&")
+        if item
+    )
+    if query != parts.query:
+        parts = parts._replace(query=query)
     if parts.password is None:
-        return url
+        return urlunsplit(parts) if query else url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def describe_topology(url: str | None) -> str:
+    """One line for ``check-config``: which Redis ``url`` reaches, and how it fails over."""
+    if url is None:
+        return "embedded: the daemon starts its own redis-server in state_dir (no failover)"
+    if not url.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
+        return f"standalone: one Redis at {redact_url(url)} (no failover)"
+    parsed = parse_sentinel_url(url)
+    sentinels = ", ".join(f"{host}:{port}" for host, port in parsed.sentinels)
+    wait = (
+        f"session appends wait for {parsed.wait_replicas} replica(s) "
+        f"(WAIT, {parsed.wait_timeout_ms} ms) before they are acknowledged"
+        if parsed.wait_replicas
+        else "session appends are acknowledged by the master alone (add ?wait_replicas=1 "
+        "to confirm each on a replica)"
+    )
+    return (
+        f"Sentinel: master {parsed.service!r} (db {parsed.db}{', TLS' if parsed.tls else ''}) "
+        f"found through {len(parsed.sentinels)} sentinel(s) ({sentinels}), asked again at "
+        f"most every second and on every lost connection or READONLY reply; {wait}"
+    )

@@ -686,7 +686,7 @@ def _verify_session(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
-    from agent_runtime.redis_url import redact_url
+    from agent_runtime.redis_url import describe_topology, redact_url
 
     from .config import find_config_path
     from .run_acl import explain_run_credentials
@@ -715,6 +715,7 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
                     "source": str(source) if source else None,
                     "settings": data,
                     "run_credentials": credentials,
+                    "redis": describe_topology(settings.redis_url),
                 }
             )
         )
@@ -726,6 +727,7 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
     _emit(data, False)
     for name, ref in sorted(apps.items()):
         _print(f"app {name} = {ref}")
+    _print(f"redis: {describe_topology(settings.redis_url)}")
     for line in credentials:
         _print(f"run_credentials: {line}")
     return EXIT_OK

@@ -32,7 +32,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent_runtime.redis_url import redact_url
+from agent_runtime.redis_url import SENTINEL_FORM, SENTINEL_SCHEMES, parse_sentinel_url, redact_url
 
 from .errors import ConfigError
 from .paths import (
@@ -182,9 +182,15 @@ class Settings(BaseSettings):
     @field_validator("redis_url", "run_redis_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value is None:
+            return value
+        if value.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
+            parse_sentinel_url(value)  # its ValueError names what is wrong
+            return value
+        if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
-                "must be a redis://, rediss:// or unix:// URL (leave it unset for the embedded Redis)"
+                f"must be a redis://, rediss://, unix:// or Sentinel URL ({SENTINEL_FORM}); "
+                "leave it unset for the embedded Redis"
             )
         return value
 

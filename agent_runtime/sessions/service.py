@@ -42,7 +42,14 @@ from pydantic import TypeAdapter
 from typing_extensions import override
 
 from ..keys import AppKeys, SessionKeys, decode_part
-from ..redis_connection import as_text, connect, redact_url, translate_redis_errors
+from ..redis_connection import (
+    RedisUnavailableError,
+    as_text,
+    connect,
+    redact_url,
+    translate_redis_errors,
+)
+from ..redis_url import SENTINEL_SCHEMES, parse_sentinel_url
 from ..session_integrity import ChainReport, genesis, link, verify_chain
 from . import _scripts as scripts
 
@@ -127,6 +134,11 @@ class RedisSessionService(BaseSessionService):
         unless the string ``key`` still holds ``epoch`` (absent reads as 0), checked in
         the append's own script (a supervised durable run's epoch; not on Redis Cluster,
         where the key lies in another slot).
+      wait_replicas: an append is acknowledged only once ``WAIT`` saw it on this many
+        replicas within ``wait_timeout_ms``; otherwise it raises
+        :class:`RedisUnavailableError` (it may be stored: a retry is recognised) and the
+        client's connections are reopened, so a writer cut off by a failover asks the
+        sentinels for the new master. A Sentinel URL's ``?wait_replicas=N`` sets it.
     """
 
     def __init__(
@@ -139,6 +151,8 @@ class RedisSessionService(BaseSessionService):
         uri: str | None = None,
         list_page_size: int = DEFAULT_LIST_PAGE_SIZE,
         fence: tuple[str, int] | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
         **registry_kwargs: Any,
     ) -> None:
         if registry_kwargs and uri is None:
@@ -182,6 +196,16 @@ class RedisSessionService(BaseSessionService):
             self._client = connect(url)
             self._owns_client = True
             self._where = redact_url(url)
+            if url.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
+                parsed = parse_sentinel_url(url)
+                wait_replicas = wait_replicas or parsed.wait_replicas
+                wait_timeout_ms = (
+                    parsed.wait_timeout_ms if parsed.wait_replicas else wait_timeout_ms
+                )
+        if wait_replicas < 0 or wait_timeout_ms < 1:
+            raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
         self._create = self._client.register_script(scripts.CREATE)
         self._append = self._client.register_script(scripts.APPEND)
         self._get = self._client.register_script(scripts.GET)
@@ -216,6 +240,25 @@ class RedisSessionService(BaseSessionService):
         self._keys(app_name, user_id, session_id)  # validates the ids
         async with translate_redis_errors(self._where):
             return await verify_chain(self._client, self.key_prefix, app_name, user_id, session_id)
+
+    async def _append_durably(self, keys: list[str], args: list[str]) -> Any:
+        if not self.wait_replicas:
+            return await self._append(keys=keys, args=args)
+        # WAIT counts the writes of its own connection: one pipeline, one connection.
+        async with self._client.pipeline(transaction=False) as pipe:
+            await self._append(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
+            reply, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            # A master cut off from its replicas is often a demoted one that Sentinel has
+            # not reconfigured yet: reopen, so the retry asks the sentinels.
+            await self._client.connection_pool.disconnect()
+            raise RedisUnavailableError(
+                f"Redis at {self._where}: the append reached {int(acked)} of "
+                f"{self.wait_replicas} replica(s) within {self.wait_timeout_ms} ms, so a "
+                "failover could lose it; it may be stored, and is safe to retry"
+            )
+        return reply
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -468,8 +511,8 @@ class RedisSessionService(BaseSessionService):
             async with translate_redis_errors(self._where):
                 head = await self._head(lock_key, keys.meta, session._storage_update_marker)
                 new_head = link(head, event_json.encode()) if head else ""
-                reply = await self._append(
-                    keys=[
+                reply = await self._append_durably(
+                    [
                         keys.meta,
                         keys.state,
                         keys.events,
@@ -478,7 +521,7 @@ class RedisSessionService(BaseSessionService):
                         keys.app.user_state(session.user_id),
                         keys.app.user_index(session.user_id),
                     ],
-                    args=[
+                    [
                         keys.app.base,
                         keys.member,
                         keys.session_part,

@@ -24,7 +24,12 @@ from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from agent_runtime.keys import KeySchema
-from agent_runtime.redis_connection import REDIS_ERRORS, describe_reply, wrong_type
+from agent_runtime.redis_connection import (
+    REDIS_ERRORS,
+    describe_reply,
+    outage_reply,
+    wrong_type,
+)
 
 from ..errors import NodeIdInUse
 from ..ops.sd_notify import SdNotifier, watchdog_interval
@@ -124,7 +129,12 @@ class Health:
                     )
                     # Back in the registry, should a peer have taken this node over.
                     pipe.sadd(self._keys.nodes, self._node_id)
-                    _, registered = await pipe.execute(raise_on_error=False)
+                    replies = await pipe.execute(raise_on_error=False)
+            # A failover's READONLY/MASTERDOWN, or NOREPLICAS, is an outage like a lost
+            # connection, not a broken registry.
+            if outage := next((reply for reply in replies if outage_reply(reply)), None):
+                raise outage
+            registered = replies[1]
             if isinstance(registered, ResponseError):
                 self._registry_broken_once(registered)
         except REDIS_ERRORS as exc:
