@@ -154,7 +154,9 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
     await _until_logged(log, "slow_effect start")
     os.kill(frozen.pid, signal.SIGSTOP)
     try:
-        peer = start_daemon(**env, DURABLE_TEST_HOLD_S="1")
+        # Thawed mid-tool, the resumed attempt still runs (its record is not terminal):
+        # only the epoch tells the thawed node that its run is stale.
+        peer = start_daemon(**env, DURABLE_TEST_HOLD_S="1" if thaw == "after_its_write" else "6")
         deadline = time.monotonic() + 30
         while (await client.get(task)).get("epoch") != "1":
             assert time.monotonic() < deadline, await client.get(task)
@@ -175,8 +177,6 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
         assert time.monotonic() - thawed < 3
         assert frozen.logged(f"task {task}") and frozen.logged("resumed at epoch 1")
         await until_state(client, task, "completed", timeout=60)
-    else:
-        assert frozen.logged("FencedWriteError: session frozen: append refused")
     await asyncio.sleep(1)  # anything the thawed node would record, it has recorded now
     record = await client.get(task)
     assert record["state"] == "completed" and record["epoch"] == "1", record
@@ -201,3 +201,5 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
         "slow_effect": {"error": OUTCOME_UNKNOWN},
         "slow_idem": {"result": "idem done"},
     }
+    if thaw == "after_its_write":
+        assert frozen.logged("FencedWriteError: session frozen: append refused")
