@@ -42,6 +42,7 @@ from .reaper import Reaper
 from .recorder import Recorder
 from .runs import ActiveRun, RunTable
 from .sealing import Sealer
+from .workspaces import prepare_workspace, remove_workspace, workspace_path
 
 __all__ = ["Launcher", "NodeIdentity"]
 
@@ -161,6 +162,11 @@ class Launcher:
         finally:
             # Left behind only if the run never read it (it holds the prompt).
             spec_path(self._spec_dir, request.task_id).unlink(missing_ok=True)
+            if self._settings.workspace_for(request.app):
+                # Its snapshot, if any, is in Redis: the next attempt starts from that.
+                await anyio.to_thread.run_sync(
+                    remove_workspace, workspace_path(self._settings.state_dir, request.task_id)
+                )
             self._metrics.forget(request.task_id)
             await self._credentials.release(request.task_id)  # if the run never started
         if resume is not None:
@@ -205,6 +211,11 @@ class Launcher:
             await self._aborted_before_start(task_id, parked)
             return None
 
+        workspace = (
+            workspace_path(self._settings.state_dir, task_id)
+            if self._settings.workspace_for(request.app)
+            else None
+        )
         spec = RunSpec(
             task_id=task_id,
             app_ref=request.app_ref,
@@ -224,11 +235,15 @@ class Launcher:
             durable=durable is not None,
             epoch=epoch,
             idempotent_tools=list(durable.idempotent_tools) if durable is not None else None,
+            workspace=str(workspace) if workspace is not None else None,
+            snapshot_max_bytes=int(self._settings.workspace_snapshot_max_bytes),
         )
         # The entry is acknowledged and the record says `starting` from here on: a local
         # error (a full disk, EMFILE) must end the run as `failed`, never be retried as
         # if Redis had failed, which would leave the record `starting` for good.
         try:
+            if workspace is not None:
+                prepare_workspace(workspace)
             container = self._containment.prepare(task_id)
             try:
                 limits = self._settings.limits_for(request.app)
@@ -271,8 +286,6 @@ class Launcher:
                     start_ticks = process_start_ticks(pid) or 0
                 except OSError as exc:
                     setup_error = exc
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, signal.SIGKILL)
         now = time.monotonic()
         run = ActiveRun(
             spec,
@@ -285,17 +298,20 @@ class Launcher:
         )
         self._runs.add(run)
         self._metrics.spawned(spec)
+        if setup_error is not None:
+            # Registered all the same, so the usual path waits for the tree to be gone
+            # and records the end. Killed before the watch: the reaper must not see the
+            # leader die before our kill is on the run (it would read as a foreign signal).
+            log.error("task %s: start failed after the spawn: %s", task_id, setup_error)
+            self._runs.fail(task_id, f"start failed after the spawn: {setup_error}")
+            with contextlib.suppress(OSError):  # unreaped: its group is still the run's
+                os.killpg(pid, signal.SIGKILL)
+        else:
+            log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
         if early_exit is not None:
             run.on_exit(early_exit)
         else:
             self._reaper.watch(pid, run.on_exit)
-        if setup_error is not None:
-            # Registered all the same, so the usual path waits for the tree to be gone
-            # and records the end; the kill reaches escapees too.
-            log.error("task %s: start failed after the spawn: %s", task_id, setup_error)
-            self._runs.fail(task_id, f"start failed after the spawn: {setup_error}")
-        else:
-            log.info("task %s started: app=%s pid=%d", task_id, request.app, pid)
         return run
 
     async def _announce(self, run: ActiveRun) -> None:

@@ -138,8 +138,13 @@ async def test_metrics_move_with_runs_aborts_and_the_queue_and_feed_every_dashbo
     # A run to its end.
     done = await client.submit("weather", "weather in Paris?", user_id="u")
     await until_state(client, done, "completed")
+    # The end is counted when it is recorded, the run leaves the live gauge just after.
     after_run = await _until(
-        url, lambda s: value(s, "adk_supervisor_runs_ended_total", app="weather") == 1
+        url,
+        lambda s: (
+            value(s, "adk_supervisor_runs_ended_total", app="weather") == 1
+            and value(s, "adk_supervisor_live_runs", app="weather") == 0
+        ),
     )
     assert value(after_run, "adk_supervisor_runs_started_total", **node, app="weather") == 1
     assert (
