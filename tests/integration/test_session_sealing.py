@@ -215,6 +215,17 @@ async def test_reconcile_seals_the_session_of_an_orphan_it_fails(
             try:
                 record = await client.get(task)
                 assert record["state"] == "failed" and record["reason"].startswith("orphaned:")
+                # Sealing runs in the background once the daemon serves: wait for it before
+                # the stop (under load it used to come after, and the test failed).
+                async with asyncio.timeout(30):
+                    while True:
+                        s = await sessions.get_session(
+                            app_name="slow", user_id="u", session_id="chat-2"
+                        )
+                        last = s.events[-1] if s is not None and s.events else None
+                        if last is not None and SEAL_METADATA_KEY in (last.custom_metadata or {}):
+                            break
+                        await asyncio.sleep(0.05)
             finally:
                 second.stop()
     finally:
