@@ -20,6 +20,7 @@ import asyncio
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Any
 
 from .keys import KeySchema
@@ -79,7 +80,29 @@ async def run(spec: RunSpec) -> None:
         if spec.durable and app is not None:
             from .durable import JournalPlugin
 
-            journal = JournalPlugin(sessions.redis, keys, spec.task_id, spec.epoch)
+            workspace = Path(spec.workspace) if spec.workspace else None
+            if workspace is not None and spec.epoch > 0:
+                # Before the agent runs again: its tools find the files of the last boundary.
+                from .durable import restore_workspace
+
+                restored = await restore_workspace(
+                    sessions.redis, keys, spec.task_id, workspace, spec.snapshot_max_bytes
+                )
+                print(
+                    f"workspace restored: {restored} entries"
+                    if restored is not None
+                    else "workspace: no snapshot to restore",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            journal = JournalPlugin(
+                sessions.redis,
+                keys,
+                spec.task_id,
+                spec.epoch,
+                workspace=workspace,
+                snapshot_max_bytes=spec.snapshot_max_bytes,
+            )
             app = app.model_copy(update={"plugins": [journal, *app.plugins]})
         if app is not None:
             runner = Runner(app=app, app_name=loaded.name, session_service=sessions)

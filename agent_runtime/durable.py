@@ -15,13 +15,21 @@ which runs it (it never ran: at most once holds); one that started runs again
 only if its tool is idempotent, with the same idempotency key
 (:func:`idempotency_key`); any other is answered with an "outcome unknown"
 error response, and ADK continues with the model without running it again.
+
+A durable run with a workspace (``workspace = true``) also stores a tar of its
+working directory after each tool call (fenced like the journal, skipped and
+logged when over the cap), and a resumed one restores the latest before it
+continues (:func:`restore_workspace`, refusing an unsafe or altered snapshot).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Collection
+import sys
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -37,6 +45,7 @@ from .keys import KeySchema
 from .redis_connection import as_text
 from .run_spec import TASK_ENV
 from .sessions.service import FencedWriteError, RedisSessionService
+from .workspace import Snapshot, SnapshotTooLargeError, UnsafeSnapshotError, pack, restore
 
 __all__ = [
     "IDEMPOTENCY_STATE_KEY",
@@ -45,6 +54,7 @@ __all__ = [
     "ResumePlan",
     "idempotency_key",
     "prepare_resume",
+    "restore_workspace",
     "resumable_problem",
 ]
 
@@ -81,7 +91,7 @@ class _Fenced:
         self._epoch_key = keys.task_epoch(task_id)
         self.epoch = epoch
 
-    async def hset(self, key: str, fields: dict[str, str]) -> None:
+    async def hset(self, key: str, fields: Mapping[str, str | bytes]) -> None:
         flat = [item for pair in fields.items() for item in pair]
         status, current = await self._script(
             keys=[key], args=[self._epoch_key, str(self.epoch), *flat]
@@ -96,12 +106,23 @@ class _Fenced:
 class JournalPlugin(BasePlugin):
     """Records the invocation id and a ``started`` mark per tool call, fenced by the epoch."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeySchema, task_id: str, epoch: int) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: KeySchema,
+        task_id: str,
+        epoch: int,
+        workspace: Path | None = None,
+        snapshot_max_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         super().__init__(name="adk_supervisor_journal")
         self._writes = _Fenced(client, keys, task_id, epoch)
         self._record = keys.task(task_id)
         self._journal = keys.tool_journal(task_id)
+        self._snapshot_key = keys.workspace_snapshot(task_id)
         self._task_id = task_id
+        self._workspace = workspace
+        self._snapshot_max_bytes = snapshot_max_bytes
 
     async def on_user_message_callback(
         self, *, invocation_context: InvocationContext, user_message: types.Content
@@ -118,6 +139,47 @@ class JournalPlugin(BasePlugin):
         await self._writes.hset(self._journal, {call_id: f"started@{self._writes.epoch}"})
         tool_context.state[IDEMPOTENCY_STATE_KEY] = f"{self._task_id}:{call_id}"
         return None
+
+    async def after_tool_callback(
+        self,
+        *,
+        tool: BaseTool,
+        tool_args: dict[str, Any],
+        tool_context: ToolContext,
+        result: dict[str, Any],
+    ) -> dict[str, Any] | None:
+        await self._snapshot(tool.name)
+        return None
+
+    async def on_tool_error_callback(
+        self,
+        *,
+        tool: BaseTool,
+        tool_args: dict[str, Any],
+        tool_context: ToolContext,
+        error: Exception,
+    ) -> dict[str, Any] | None:
+        await self._snapshot(tool.name)  # a tool that raised may have written files first
+        return None
+
+    async def _snapshot(self, tool_name: str) -> None:
+        if self._workspace is None:
+            return
+        try:
+            snapshot = await asyncio.to_thread(pack, self._workspace, self._snapshot_max_bytes)
+        except SnapshotTooLargeError as exc:
+            # The last snapshot that fit stays: a resume restores that one.
+            print(
+                f"workspace snapshot skipped after tool {tool_name}: {exc} "
+                "(workspace_snapshot_max_bytes)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        await self._writes.hset(
+            self._snapshot_key,
+            {"sha256": snapshot.sha256, "tar": snapshot.data, "epoch": str(self._writes.epoch)},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +237,27 @@ async def prepare_resume(
         )
         await sessions.append_event(session=session, event=answer)
     return ResumePlan(True, tuple(replayed), tuple(c.id or "" for _, c in unknown))
+
+
+async def restore_workspace(
+    client: aioredis.Redis, keys: KeySchema, task_id: str, directory: Path, max_bytes: int
+) -> int | None:
+    """Restores the run's latest workspace snapshot into the empty ``directory``; returns its
+    member count, or None if the run has none. Raises :class:`UnsafeSnapshotError` (with
+    ``not resumed:`` first) if the snapshot is malformed, altered or unsafe to extract."""
+    raw = await client.hgetall(keys.workspace_snapshot(task_id))
+    if not raw:
+        return None
+    fields = {as_text(k): v for k, v in raw.items()}
+    data, digest = fields.get("tar"), fields.get("sha256")
+    if not isinstance(data, bytes) or digest is None:
+        raise UnsafeSnapshotError("not resumed: the workspace snapshot lacks its tar or its sha256")
+    try:
+        return await asyncio.to_thread(
+            restore, Snapshot(data, as_text(digest)), directory, max_bytes
+        )
+    except UnsafeSnapshotError as exc:
+        raise UnsafeSnapshotError(f"not resumed: workspace {exc}") from exc
 
 
 def resumable_problem(ref: str, name: str | None) -> str | None:

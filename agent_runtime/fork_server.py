@@ -109,6 +109,12 @@ def _become_run(
     os.close(devnull)
     _stamp_marker(spec.task_id)
     os.environ[TASK_ENV] = spec.task_id
+    if spec.workspace is not None:
+        try:
+            os.chdir(spec.workspace)
+        except OSError as exc:
+            print(f"cannot enter the run's workspace: {exc}", file=sys.stderr, flush=True)
+            os._exit(127)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     code = execute(spec)
     sys.stdout.flush()

@@ -133,6 +133,11 @@ class KeySchema:
         """Hash: function call id -> ``started@<epoch>``, written before each tool runs."""
         return f"{self.prefix}tool-journal:{task_id}"
 
+    def workspace_snapshot(self, task_id: str) -> str:
+        """Hash: the latest workspace snapshot of a durable run (``sha256``, ``tar``, ``epoch``),
+        written by the run at each tool boundary; gone at its end."""
+        return f"{self.prefix}workspace-snapshot:{task_id}"
+
     def parked_run(self, task_id: str) -> str:
         """Hash: the runs-stream entry of a waiting run, put back on the stream at its turn."""
         return f"{self.prefix}parked:{task_id}"

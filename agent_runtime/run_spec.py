@@ -66,6 +66,10 @@ class RunSpec:
     """The run's epoch (raised by each resume; above 0: this attempt resumes the run)."""
     idempotent_tools: list[str] | None = None
     """Tools a resume may run again when the run died while they ran."""
+    workspace: str | None = None
+    """The run's own working directory (the run starts in it), or None: the daemon's."""
+    snapshot_max_bytes: int = 16 * 1024 * 1024
+    """The cap of a durable run's workspace snapshot (larger ones are skipped and logged)."""
 
     def to_json(self) -> str:
         """The spec as the JSON the child reads."""

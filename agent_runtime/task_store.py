@@ -165,6 +165,7 @@ end
 if TERMINAL[ARGV[3]] then
   release(task)
   redis.call('DEL', P .. 'task-resume:' .. task)
+  redis.call('DEL', P .. 'workspace-snapshot:' .. task)
   -- Kept as long as the record: a stale process of the run must stay refused.
   if ttl > 0 then redis.pcall('PEXPIRE', P .. 'task-epoch:' .. task, ttl) end
 end

@@ -80,6 +80,9 @@ class AppLimits(BaseModel):
     """Attempts of a resumed run in all (the first one included)."""
     idempotent_tools: list[str] = Field(default_factory=list)
     """Tools safe to run again when a run died while they ran."""
+    workspace: bool = False
+    """Each run gets its own working directory (``state_dir/workspaces/<task_id>``); a
+    durable run's is snapshotted to Redis at every tool boundary and restored on resume."""
 
     def limits(self) -> RunLimits:
         """As run limits (unset ones fall back to the top-level defaults)."""
@@ -124,6 +127,7 @@ class Settings(BaseSettings):
     run_log_max_files: int | None = Field(default=10_000, ge=0)
     run_log_dir_max_bytes: ByteSize | None = ByteSize(1024**3)
     run_log_max_bytes: ByteSize | None = ByteSize(64 * 1024**2)
+    workspace_snapshot_max_bytes: ByteSize = Field(default=ByteSize(16 * 1024**2), ge=1)
     run_log_prune_interval_s: float = Field(default=10.0, gt=0)
     heartbeat_interval_s: float = Field(default=5.0, gt=0)
     node_dead_after_s: float = Field(default=30.0, gt=0)
@@ -170,6 +174,11 @@ class Settings(BaseSettings):
         """The options of ``app`` if its runs are resumed (``on_orphan = "resume"``), else None."""
         own = self.app_limits.get(app)
         return own if own is not None and own.on_orphan == "resume" else None
+
+    def workspace_for(self, app: str) -> bool:
+        """Whether each run of ``app`` gets its own working directory (``workspace = true``)."""
+        own = self.app_limits.get(app)
+        return own is not None and own.workspace
 
     def limits_for(self, app: str) -> RunLimits:
         """The limits of a run of ``app`` (an [apps] name or an import path)."""

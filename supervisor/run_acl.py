@@ -118,6 +118,7 @@ def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> 
         f"~{acl_glob_escape(keys.task(task_id))}",
         f"~{acl_glob_escape(keys.run_events(task_id))}",
         f"~{acl_glob_escape(keys.tool_journal(task_id))}",
+        f"~{acl_glob_escape(keys.workspace_snapshot(task_id))}",
         # Read only: the epoch every write of the run is checked against is the daemons'.
         f"%R~{acl_glob_escape(keys.task_epoch(task_id))}",
     ]
@@ -133,6 +134,7 @@ def shared_key_patterns(key_prefix: str) -> list[str]:
         f"~{acl_glob_escape(keys.task(''))}*",
         f"~{acl_glob_escape(keys.run_events(''))}*",
         f"~{acl_glob_escape(keys.tool_journal(''))}*",
+        f"~{acl_glob_escape(keys.workspace_snapshot(''))}*",
         f"%R~{acl_glob_escape(keys.task_epoch(''))}*",
     ]
 

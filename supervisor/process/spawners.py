@@ -82,6 +82,7 @@ def _fork_exec(
     log_path: Path,
     container: RunContainer | None = None,
     keep_fd: int | None = None,
+    cwd: str | None = None,
 ) -> int:
     """fork + exec with the child in its own session and container; returns the PID."""
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -96,6 +97,8 @@ def _fork_exec(
                 set_parent_death_signal(signal.SIGKILL)
                 if os.getppid() != parent:  # the daemon died before the prctl
                     os._exit(127)
+                if cwd is not None:
+                    os.chdir(cwd)
                 # Out of the way of the fds about to be opened and dup2()ed below.
                 kept = None if keep_fd is None else fcntl.fcntl(keep_fd, fcntl.F_DUPFD, 100)
                 os.dup2(log_fd, 1)
@@ -136,7 +139,11 @@ class ExecSpawner:
         path = spec.write(self.spec_dir)
         env = {**os.environ, **self.extra_env, RUN_ENV: str(path), TASK_ENV: spec.task_id}
         pid = _fork_exec(
-            [self.python, *_SAFE_PATH, "agent_runtime.child"], env, log_path, container
+            [self.python, *_SAFE_PATH, "agent_runtime.child"],
+            env,
+            log_path,
+            container,
+            cwd=spec.workspace,
         )
         # The child joins too, before exec; this makes the leader a member by the time we return.
         container.adopt(pid)

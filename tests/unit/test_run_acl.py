@@ -18,8 +18,15 @@ from supervisor.run_acl import (
 
 
 def test_a_run_is_confined_to_its_app_sessions_and_its_own_record() -> None:
-    # Its record, its events stream, its tool-call journal, and read-only its epoch.
-    own = ["~adk:task:t-1", "~adk:events:t-1", "~adk:tool-journal:t-1", "%R~adk:task-epoch:t-1"]
+    # Its record, its events stream, its tool-call journal, its workspace snapshot, and
+    # read-only its epoch.
+    own = [
+        "~adk:task:t-1",
+        "~adk:events:t-1",
+        "~adk:tool-journal:t-1",
+        "~adk:workspace-snapshot:t-1",
+        "%R~adk:task-epoch:t-1",
+    ]
     assert run_key_patterns("adk:", "t-1", "weather") == ["~adk:{weather}:*", *own]
     # An import path: the daemon cannot know the ADK name, so every app's sessions.
     assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*", *own]
@@ -32,6 +39,7 @@ def test_glob_characters_in_a_prefix_or_app_match_only_themselves() -> None:
         "~x\\*:task:t",
         "~x\\*:events:t",
         "~x\\*:tool-journal:t",
+        "~x\\*:workspace-snapshot:t",
         "%R~x\\*:task-epoch:t",
     ]
     # App names are percent-encoded in keys: "{", "}" and ":" cannot move the hash tag.
