@@ -147,3 +147,23 @@ async def test_a_snapshot_over_the_cap_is_skipped_and_logged(
     run_log = (daemon.state_dir / "logs" / f"{task}.log").read_text()
     assert "workspace snapshot skipped after tool write_note" in run_log, run_log
     assert "exceeds 65536 bytes (workspace_snapshot_max_bytes)" in run_log, run_log
+
+
+async def test_a_peer_that_takes_over_a_dead_node_restores_the_workspace(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient, tmp_path: Path
+) -> None:
+    log = tmp_path / "tools.log"
+    fast = {"ADK_SUPERVISOR_HEARTBEAT_INTERVAL_S": "0.3", "ADK_SUPERVISOR_NODE_DEAD_AFTER_S": "1.5"}
+    env = {**fast, "ADK_SUPERVISOR_APPS": json.dumps(APPS), "DURABLE_TEST_LOG": str(log)}
+    nodes = [start_daemon(**env) for _ in range(2)]
+    task = await client.submit("notes", "go", user_id="u", session_id="ws4")
+    await _until_logged(log, "read_note cwd=")
+    record = await until_state(client, task, "running")
+    dead = next(n for n in nodes if n.node_id == record["node_id"])
+    peer = next(n for n in nodes if n is not dead)
+    dead.kill9()  # its run dies with it, mid-tool; its workspace stays on its disk
+    again = (await _until_logged(log, "read_note cwd=", count=2))[1]
+    record = await until_state(client, task, "completed")
+    assert record["node_id"] == peer.node_id and record["attempt"] == "2", record
+    workspace = peer.state_dir / "workspaces" / task
+    assert f"cwd={workspace} " in again and json.dumps("written before the crash") in again, again
