@@ -34,7 +34,7 @@ from agent_runtime.keys import RUNS_GROUP
 from agent_runtime.redis_connection import REDIS_ERRORS, as_text, describe_reply, wrong_type
 from agent_runtime.task_store import LIVE_STATES, TaskStore
 
-from .resume import resume_orphans
+from .resume import EPOCH_FIELD, epochs_read, resume_orphans
 
 __all__ = ["PeerWatch", "Takeover"]
 
@@ -142,7 +142,7 @@ class PeerWatch:
                 raise
             log.error("node %s: %s; its runs are not failed", node, describe_reply(tasks_key, exc))
             task_ids = []
-        records = await self.store.fields_many(task_ids, ("state", "node_id"))
+        records = await self.store.fields_many(task_ids, ("state", "node_id", EPOCH_FIELD))
         reason = (
             f"orphaned: node {node} stopped heartbeating (no supervisor seen for "
             f"{missing_s:.0f}s; taken over by {self.node_id})"
@@ -152,7 +152,7 @@ class PeerWatch:
             for task_id, record in zip(task_ids, records, strict=True)
             if record.get("state") in LIVE_STATES and record.get("node_id") == node
         }
-        resumed = await resume_orphans(self.store, failures)
+        resumed = await resume_orphans(self.store, failures, epochs_read(task_ids, records))
         moved = await self.store.fail_many(failures)
         if task_ids:
             await client.srem(tasks_key, *task_ids)

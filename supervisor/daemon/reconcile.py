@@ -35,13 +35,13 @@ from agent_runtime.task_store import LIVE_STATES, TaskStore
 from ..process.containment import Containment
 from ..process.identity import carries_marker, carrying, process_start_ticks, signal_proven
 from ..process.tree import run_marker
-from .resume import resume_orphans
+from .resume import EPOCH_FIELD, epochs_read, resume_orphans
 
 __all__ = ["ReconcileReport", "reconcile_node"]
 
 log = logging.getLogger("adk_supervisor")
 
-_FIELDS = ("state", "pid", "start_ticks", "boot_id")
+_FIELDS = ("state", "pid", "start_ticks", "boot_id", EPOCH_FIELD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +145,7 @@ async def reconcile_node(
         with contextlib.suppress(OSError):
             containment.release(container)
     orphans = list(failures)
-    resumed = await resume_orphans(store, failures)
+    resumed = await resume_orphans(store, failures, epochs_read(task_ids, records))
     moved = await store.fail_many(failures)
     if orphans or finished:
         await store.client.srem(node_tasks_key, *orphans, *finished)

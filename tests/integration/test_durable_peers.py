@@ -23,7 +23,9 @@ from google.adk.sessions.session import Session
 
 from agent_runtime.durable import OUTCOME_UNKNOWN
 from agent_runtime.sessions.service import RedisSessionService
+from agent_runtime.task_store import SessionRef, TaskState, TaskStore
 from supervisor.client import SupervisorClient
+from supervisor.daemon.resume import EPOCH_FIELD, epochs_read, resume_orphans
 
 from .daemon_harness import Daemon, until_state
 from .test_durable_runs import APPS, _lines, _until_logged
@@ -203,3 +205,31 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
     }
     if thaw == "after_its_write":
         assert frozen.logged("FencedWriteError: session frozen: append refused")
+
+
+async def test_a_slow_peer_does_not_resume_again_a_run_a_faster_peer_resumed(
+    store: TaskStore,
+) -> None:
+    """Between a peer's read of a dead node's records and its resume, a faster peer resumed
+    the run and started it anew (``running`` again): the slow peer neither resumes it a
+    second time nor fails it (seen under load: a third attempt ran the idempotent tool)."""
+    entry = {"task_id": "t-slow", "app": "durable", "user_id": "u", "message": "go"}
+    await store.submit(
+        "t-slow", {"app": "durable", "user_id": "u"}, entry, SessionRef("durable", "u", "slow")
+    )
+    await store.client.delete(store.keys.runs)
+    await store.save_resume_entry("t-slow", entry, 3)
+    await store.transition("t-slow", TaskState.STARTING)
+    await store.transition("t-slow", TaskState.RUNNING)
+    ids = ["t-slow"]
+    seen = await store.fields_many(ids, ("state", "node_id", EPOCH_FIELD))  # the slow peer
+    assert (await store.resume("t-slow", "orphaned: the fast peer")).outcome == "resumed"
+    await store.transition("t-slow", TaskState.STARTING)
+    await store.transition("t-slow", TaskState.RUNNING)
+    failures: dict[str, dict[str, object]] = {"t-slow": {"reason": "orphaned: the slow peer"}}
+    assert await resume_orphans(store, failures, epochs_read(ids, seen)) == {}
+    assert failures == {}, "the slow peer would fail a run that lives on the fast one"
+    record = await store.get("t-slow")
+    assert record is not None
+    assert (record["state"], record["attempt"], record["epoch"]) == ("running", "2", "1")
+    assert await store.client.xlen(store.keys.runs) == 1
