@@ -43,12 +43,14 @@ class EventWriter:
         task_id: str,
         *,
         maxlen: int = DEFAULT_EVENTS_MAXLEN,
+        epoch: int | None = None,
         interval_s: float = COALESCE_S,
     ) -> None:
         self._client = client
         self._keys = keys
         self._task_id = task_id
         self._maxlen = maxlen
+        self._epoch = epoch  # a durable run's: every entry is fenced by it
         self._interval = interval_s
         self._pending: list[Event] = []  # partial chunks not sent yet, merged where they can be
         self._last_flush = 0.0
@@ -112,5 +114,11 @@ class EventWriter:
     async def _send(self, event: Event) -> None:
         data = event.model_dump_json(by_alias=True, exclude_none=True)
         await append_entry(
-            self._client, self._keys, self._task_id, "event", data, maxlen=self._maxlen
+            self._client,
+            self._keys,
+            self._task_id,
+            "event",
+            data,
+            maxlen=self._maxlen,
+            epoch=self._epoch,
         )

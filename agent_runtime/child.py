@@ -122,7 +122,13 @@ async def run(spec: RunSpec) -> None:
                 invocation_id = spec.invocation_id
         elif spec.invocation_id:
             invocation_id = spec.invocation_id
-        writer = EventWriter(sessions.redis, store.keys, spec.task_id, maxlen=spec.events_maxlen)
+        writer = EventWriter(
+            sessions.redis,
+            store.keys,
+            spec.task_id,
+            maxlen=spec.events_maxlen,
+            epoch=spec.epoch if spec.durable else None,
+        )
         seen_invocation = None
         try:
             # ADK opens its invocation span under whatever context is current here.

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_EVENTS_TTL_S",
     "TERMINAL",
     "RunEntry",
+    "StaleEpochError",
     "append_entry",
     "follow",
 ]
@@ -61,6 +62,24 @@ class RunEntry:
         return self.type == "state" and self.data.get("state") in TERMINAL
 
 
+# KEYS: the run's events stream. ARGV: epoch key, epoch, MAXLEN, type, data. The entry is
+# added only while the run is still at that epoch (absent reads as 0); the epoch key is an
+# argument, since the run's Redis user may only read it (see agent_runtime/durable.py).
+_FENCED_XADD: Final = r"""
+local current = redis.pcall('GET', ARGV[1])
+if type(current) ~= 'string' then current = '0' end
+if current ~= ARGV[2] then
+  return {'FENCED', current}
+end
+return {'OK', redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                         'type', ARGV[4], 'data', ARGV[5])}
+"""
+
+
+class StaleEpochError(RuntimeError):
+    """The run was resumed elsewhere since this process started: its writes are refused."""
+
+
 async def append_entry(
     client: aioredis.Redis,
     keys: KeySchema,
@@ -69,8 +88,23 @@ async def append_entry(
     data: str,
     *,
     maxlen: int = DEFAULT_EVENTS_MAXLEN,
+    epoch: int | None = None,
 ) -> str:
-    """XADDs one entry (``data`` already JSON); returns its id."""
+    """XADDs one entry (``data`` already JSON); returns its id. With ``epoch`` (a durable
+    run's process), only while the run is still at that epoch: else :class:`StaleEpochError`."""
+    if epoch is not None:
+        # EVALSHA (a run's Redis user may not EVAL): redis-py loads the script once.
+        fenced = client.register_script(_FENCED_XADD)
+        status, value = await fenced(
+            keys=[keys.run_events(task_id)],
+            args=[keys.task_epoch(task_id), str(epoch), str(maxlen), kind, data],
+        )
+        if as_text(status) == "FENCED":
+            raise StaleEpochError(
+                f"event of {task_id} refused: the run was resumed elsewhere (epoch "
+                f"{as_text(value)[:20]}, this process has {epoch})"
+            )
+        return as_text(value)
     entry_id = await client.xadd(
         keys.run_events(task_id),
         {"type": kind, "data": data},

@@ -14,6 +14,9 @@ from google.adk.events.event import Event
 from google.genai import types
 
 from agent_runtime import RedisSessionService
+from agent_runtime._event_writer import EventWriter
+from agent_runtime.keys import KeySchema
+from agent_runtime.run_events import StaleEpochError
 from agent_runtime.run_input import InputTooLarge
 from supervisor.client import RunEntry, SupervisorClient
 
@@ -200,3 +203,27 @@ async def test_a_forged_end_in_the_stream_does_not_end_a_reader(
     entries = await _all(client, handle.task_id)
     assert "completed" not in _kinds(entries)
     assert entries[-1].data["state"] == "aborted"
+
+
+async def test_a_stale_attempt_of_a_durable_run_cannot_add_to_its_events_stream(
+    redis_url: str, key_prefix: str
+) -> None:
+    # A process of an earlier attempt (its node frozen, then thawed after a resume) must
+    # not feed the readers of the run's current attempt.
+    keys = KeySchema(key_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(keys.task_epoch("t-fenced"), "1")
+        event = Event(
+            author="a",
+            invocation_id="i",
+            content=types.Content(role="model", parts=[types.Part(text="late")]),
+        )
+        stale = EventWriter(client, keys, "t-fenced", epoch=0)
+        with pytest.raises(StaleEpochError, match="resumed elsewhere"):
+            await stale.add(event)
+        assert await client.xlen(keys.run_events("t-fenced")) == 0
+        await EventWriter(client, keys, "t-fenced", epoch=1).add(event)
+        assert await client.xlen(keys.run_events("t-fenced")) == 1
+    finally:
+        await client.aclose()
