@@ -75,7 +75,7 @@ async def run(spec: RunSpec) -> None:
     ) as sessions:
         store = TaskStore(sessions.redis, spec.key_prefix)
         # Before anything touches the session: a run killed later can be sealed.
-        await store.update(spec.task_id, {"adk_app": loaded.name})
+        await _set_fields(sessions.redis, spec, {"adk_app": loaded.name})
         app = loaded.app
         if spec.durable and app is not None:
             from .durable import JournalPlugin
@@ -144,7 +144,7 @@ async def run(spec: RunSpec) -> None:
                 ):
                     if seen_invocation is None and event.invocation_id:
                         seen_invocation = event.invocation_id
-                        await store.update(spec.task_id, {"invocation_id": seen_invocation})
+                        await _set_fields(sessions.redis, spec, {"invocation_id": seen_invocation})
                     await writer.add(event)
         finally:
             await writer.close()
@@ -190,13 +190,28 @@ async def _resume(spec: RunSpec, sessions: Any, app_name: str, keys: KeySchema) 
     return plan.has_events
 
 
+async def _set_fields(client: Any, spec: RunSpec, fields: dict[str, str]) -> None:
+    """Sets informational fields of the run's record; a durable run's only while it is
+    still at its epoch (a stale attempt must not write over the current one's)."""
+    from .task_store import TaskStore
+
+    if spec.durable:
+        from .durable import FencedWrites
+
+        keys = KeySchema(spec.key_prefix)
+        await FencedWrites(client, keys, spec.task_id, spec.epoch).hset(
+            keys.task(spec.task_id), fields
+        )
+    else:
+        await TaskStore(client, spec.key_prefix).update(spec.task_id, fields)
+
+
 async def _record_error(spec: RunSpec, error: str) -> None:
     from .redis_connection import connect
-    from .task_store import TaskStore
 
     client = connect(spec.redis_url)
     try:
-        await TaskStore(client, spec.key_prefix).update(spec.task_id, {"error": error[-4000:]})
+        await _set_fields(client, spec, {"error": error[-4000:]})
     finally:
         await client.aclose()
 

@@ -50,6 +50,7 @@ from .workspace import Snapshot, SnapshotTooLargeError, UnsafeSnapshotError, pac
 __all__ = [
     "IDEMPOTENCY_STATE_KEY",
     "OUTCOME_UNKNOWN",
+    "FencedWrites",
     "JournalPlugin",
     "ResumePlan",
     "idempotency_key",
@@ -83,7 +84,7 @@ def idempotency_key(tool_context: ToolContext) -> str:
     return f"{os.environ.get(TASK_ENV, '')}:{tool_context.function_call_id or ''}"
 
 
-class _Fenced:
+class FencedWrites:
     """Hash writes of one run, each checked against the run's epoch in the same script."""
 
     def __init__(self, client: aioredis.Redis, keys: KeySchema, task_id: str, epoch: int) -> None:
@@ -92,6 +93,7 @@ class _Fenced:
         self.epoch = epoch
 
     async def hset(self, key: str, fields: Mapping[str, str | bytes]) -> None:
+        """Sets ``fields`` of hash ``key``; :class:`FencedWriteError` if the run moved on."""
         flat = [item for pair in fields.items() for item in pair]
         status, current = await self._script(
             keys=[key], args=[self._epoch_key, str(self.epoch), *flat]
@@ -116,7 +118,7 @@ class JournalPlugin(BasePlugin):
         snapshot_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         super().__init__(name="adk_supervisor_journal")
-        self._writes = _Fenced(client, keys, task_id, epoch)
+        self._writes = FencedWrites(client, keys, task_id, epoch)
         self._record = keys.task(task_id)
         self._journal = keys.tool_journal(task_id)
         self._snapshot_key = keys.workspace_snapshot(task_id)

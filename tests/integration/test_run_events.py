@@ -15,9 +15,12 @@ from google.genai import types
 
 from agent_runtime import RedisSessionService
 from agent_runtime._event_writer import EventWriter
+from agent_runtime.child import _set_fields
 from agent_runtime.keys import KeySchema
 from agent_runtime.run_events import StaleEpochError
 from agent_runtime.run_input import InputTooLarge
+from agent_runtime.run_spec import RunSpec
+from agent_runtime.sessions.service import FencedWriteError
 from supervisor.client import RunEntry, SupervisorClient
 
 from .daemon_harness import Daemon, until_state
@@ -225,5 +228,33 @@ async def test_a_stale_attempt_of_a_durable_run_cannot_add_to_its_events_stream(
         assert await client.xlen(keys.run_events("t-fenced")) == 0
         await EventWriter(client, keys, "t-fenced", epoch=1).add(event)
         assert await client.xlen(keys.run_events("t-fenced")) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_a_stale_attempt_cannot_write_its_record_fields(
+    redis_url: str, key_prefix: str
+) -> None:
+    # `error` of a stale attempt would become the current attempt's failure reason.
+    keys = KeySchema(key_prefix)
+    client = aioredis.Redis.from_url(redis_url)
+    spec = RunSpec(
+        task_id="t-rec",
+        app_ref="m:a",
+        app_name=None,
+        user_id="u",
+        session_id="s",
+        message="m",
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        session_ttl=None,
+        durable=True,
+        epoch=0,
+    )
+    try:
+        await client.set(keys.task_epoch("t-rec"), "1")
+        with pytest.raises(FencedWriteError):
+            await _set_fields(client, spec, {"error": "from the past"})
+        assert await client.hget(keys.task("t-rec"), "error") is None
     finally:
         await client.aclose()
