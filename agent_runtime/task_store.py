@@ -166,8 +166,12 @@ if TERMINAL[ARGV[3]] then
   release(task)
   redis.call('DEL', P .. 'task-resume:' .. task)
   redis.call('DEL', P .. 'workspace-snapshot:' .. task)
-  -- Kept as long as the record: a stale process of the run must stay refused.
-  if ttl > 0 then redis.pcall('PEXPIRE', P .. 'task-epoch:' .. task, ttl) end
+  -- Kept as long as the record: a stale process of the run must stay refused; the tool
+  -- journal goes with them (it was kept for ever).
+  if ttl > 0 then
+    redis.pcall('PEXPIRE', P .. 'task-epoch:' .. task, ttl)
+    redis.pcall('PEXPIRE', P .. 'tool-journal:' .. task, ttl)
+  end
 end
 return {'OK', cur}
 """

@@ -204,7 +204,11 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
         "slow_idem": {"result": "idem done"},
     }
     if thaw == "after_its_write":
-        assert frozen.logged("FencedWriteError: session frozen: append refused")
+        # The stale run's own log (its record's `error` is fenced too: a stale attempt must
+        # not write the current one's failure reason).
+        run_log = frozen.state_dir / "logs" / f"{task}.log"
+        assert "FencedWriteError: session frozen: append refused" in run_log.read_text()
+        assert "FencedWriteError" not in (await client.get(task)).get("error", "")
 
 
 async def test_a_slow_peer_does_not_resume_again_a_run_a_faster_peer_resumed(

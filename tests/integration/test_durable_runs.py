@@ -117,6 +117,9 @@ async def test_killed_mid_tool_resumes_with_each_effect_as_the_journal_promises(
         for _, v in await client.store.client.xrange(client.store.keys.task_history)
         if json.loads(v[b"event"])["task_id"] == task
     ]
+    # The history append follows its transition as a second command: under load a
+    # daemon's `starting` can land before the client's `queued` (each carries its time).
+    history.sort(key=lambda h: h["at"])
     assert [h["state"] for h in history] == [
         "queued",
         "starting",
@@ -199,3 +202,14 @@ def test_check_config_refuses_resume_for_an_app_that_is_not_resumable(
     assert "[apps.plain]" in done.stderr and "ResumabilityConfig(is_resumable=True)" in done.stderr
     daemon.env["ADK_SUPERVISOR_APPS"] = json.dumps(APPS)
     assert daemon.cli("check-config").returncode == 0
+
+
+async def test_a_finished_runs_tool_journal_expires_with_its_record(store: TaskStore) -> None:
+    # The journal of a durable run used to be kept for ever.
+    keys = store.keys
+    timed = TaskStore(store.client, keys.prefix, record_ttl_s=60)
+    await timed.create("t-journal", TaskState.QUEUED, {"app": "a"})
+    await store.client.hset(keys.tool_journal("t-journal"), "call-1", "started@0")
+    assert await store.client.pttl(keys.tool_journal("t-journal")) == -1
+    await timed.transition("t-journal", TaskState.FAILED, {"reason": "x"})
+    assert 0 < await store.client.pttl(keys.tool_journal("t-journal")) <= 60_000
