@@ -379,6 +379,18 @@ def _no_daemon(socket: Path) -> CliError:
     )
 
 
+def _socket_and_settings(args: argparse.Namespace) -> tuple[Path, Settings | None]:
+    """The local daemon's socket, found without the full settings where possible; the
+    settings too when they had to be loaded (a config the fast path cannot read)."""
+    if args.socket is not None:
+        return args.socket, None
+    try:
+        return locate_socket(args.config), None
+    except (OSError, ValueError):  # the full settings say what is wrong
+        settings = _settings(args)
+        return settings.status_socket, settings
+
+
 def _client_command(args: argparse.Namespace) -> int:
     """Every command but ``run`` and ``check-config``.
 
@@ -386,14 +398,7 @@ def _client_command(args: argparse.Namespace) -> int:
     settings; they load (and are validated) only when no daemon answers and the
     command must reach Redis directly, or must explain why it cannot.
     """
-    settings: Settings | None = None
-    socket: Path | None = args.socket
-    if socket is None:
-        try:
-            socket = locate_socket(args.config)
-        except (OSError, ValueError):  # the full settings say what is wrong
-            settings = _settings(args)
-            socket = settings.status_socket
+    socket, settings = _socket_and_settings(args)
     if args.command in ("status", "ps", "drain"):
         try:
             status = request(socket, "status" if args.command == "ps" else args.command)
@@ -654,14 +659,7 @@ def _daemon_redis(socket: Path, wait_s: float) -> tuple[str, str]:
 
 def _verify_session(args: argparse.Namespace) -> int:
     """``verify-session``: recomputes the session's chain (no ADK import: it needs none)."""
-    settings: Settings | None = None
-    socket: Path | None = args.socket
-    if socket is None:
-        try:
-            socket = locate_socket(args.config)
-        except (OSError, ValueError):  # the full settings say what is wrong
-            settings = _settings(args)
-            socket = settings.status_socket
+    socket, settings = _socket_and_settings(args)
     url, prefix = _redis_target(args, socket, settings)
     import anyio
 
