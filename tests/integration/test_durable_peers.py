@@ -37,11 +37,14 @@ FAST = {"ADK_SUPERVISOR_HEARTBEAT_INTERVAL_S": "0.3", "ADK_SUPERVISOR_NODE_DEAD_
 
 
 async def _history(client: SupervisorClient, task: str) -> list[str]:
-    return [
-        json.loads(v[b"event"])["state"]
+    events = [
+        json.loads(v[b"event"])
         for _, v in await client.store.client.xrange(client.store.keys.task_history)
         if json.loads(v[b"event"])["task_id"] == task
     ]
+    # Each history append follows its transition as a second command, so under load the
+    # daemon's `starting` can land before the client's `queued`: each carries its time.
+    return [e["state"] for e in sorted(events, key=lambda e: e["at"])]
 
 
 def _assert_each_event_once(session: Session) -> dict[str, object]:
