@@ -26,6 +26,7 @@ from agent_runtime.sessions.service import RedisSessionService
 from agent_runtime.task_store import TaskStore
 
 from ..client import SupervisorClient, submit_task
+from ._metrics import GatewayMetrics
 from ._models import OnDisconnect, RunAgentRequest
 
 __all__ = ["TASK_HEADER", "Gateway"]
@@ -43,6 +44,7 @@ class Gateway:
     max_input_bytes: int
     keepalive_s: float
     on_disconnect: OnDisconnect
+    metrics: GatewayMetrics
 
     @property
     def store(self) -> TaskStore:
@@ -102,7 +104,7 @@ class Gateway:
             run_config=run_config or None,
         )
         try:
-            return await submit_task(
+            task_id = await submit_task(
                 self.store,
                 app,
                 run_input,
@@ -115,7 +117,11 @@ class Gateway:
             raise HTTPException(413, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(400, str(exc)) from None
+        self.metrics.run_started(app)
+        return task_id
 
     async def abort(self, task_id: str, reason: str) -> int:
         """Aborts a run (its whole tree); returns how many daemons heard it live."""
-        return await self.client.abort(task_id, reason)
+        listeners = await self.client.abort(task_id, reason)
+        self.metrics.stop_sent(listeners)
+        return listeners

@@ -1,9 +1,9 @@
 """The gateway's ASGI app: ADK's api_server routes, served by supervised runs.
 
-Requests pass, outermost first: the browser guards (DNS rebinding, origins),
+Requests pass, outermost first (after the metrics): the browser guards (DNS rebinding, origins),
 CORS (only with ``gateway_allow_origins``; before the token, since a browser's
 preflight carries none), the bearer token (with ``gateway_token``), the body
-limit, then the routes. The app talks to Redis only: no agent ever runs in it.
+limit, then the routes; around them all, the request metrics (``GET /metrics``). The app talks to Redis only: no agent ever runs in it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ._dev_ui import mount_dev_ui
 from ._errors import install_error_handlers
 from ._gateway import TASK_HEADER, Gateway
 from ._limits import BodyLimit, body_limit
+from ._metrics import GatewayMetrics, RequestMetrics
 from ._origin import OriginGuard
 from ._run_routes import run_router
 from ._session_routes import session_router
@@ -42,6 +43,7 @@ def create_app(
     ``bind_host`` is the address the server listens on: on a loopback address
     the DNS-rebinding guard is on (None: the host of ``gateway_listen``).
     """
+    metrics = GatewayMetrics(settings.node_id)
     gw = Gateway(
         apps=tuple(settings.apps),
         client=client,
@@ -49,6 +51,7 @@ def create_app(
         max_input_bytes=settings.max_input_bytes,
         keepalive_s=settings.gateway_keepalive_s,
         on_disconnect=settings.gateway_on_disconnect,
+        metrics=metrics,
     )
     app = FastAPI(
         title="adk-supervisor gateway",
@@ -61,6 +64,7 @@ def create_app(
     app.include_router(session_router(gw))
     app.include_router(run_router(gw))
     mount_console(app, gw)
+    app.add_route("/metrics", metrics.response, methods=["GET"], include_in_schema=False)
     if settings.gateway_dev_ui:
         mount_dev_ui(app)
 
@@ -82,4 +86,6 @@ def create_app(
         bind_host=bind_host if bind_host is not None else settings.gateway_address[0],
         allow_origins=settings.gateway_allow_origins,
     )
+    # Outermost: a request the guards refuse is counted too.
+    app.add_middleware(RequestMetrics, metrics=metrics)
     return app

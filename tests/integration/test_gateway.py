@@ -505,3 +505,80 @@ async def test_ui_files_config_and_stubs(http: httpx.AsyncClient) -> None:
     ):
         assert (await http.get(path)).json() == answer, path
     assert (await http.get("/dev/apps/weather/builder")).text == ""
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``GET /metrics``'s samples by (name, labels without ``node``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset((k, v) for k, v in s.labels.items() if k != "node")): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_metrics_count_requests_by_route_open_streams_runs_and_stops(
+    http: httpx.AsyncClient,
+) -> None:
+    def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+        return samples.get((name, frozenset(labels.items())), 0.0)
+
+    assert (await http.get("/apps/nope/users/u/sessions")).status_code == 404
+    assert (await http.get("/no/such/path")).status_code == 404
+    await _session(http, "slow", "m1")
+    async with http.stream("POST", "/run_sse", json=_run("slow", "m1")) as reply:
+        task_id = reply.headers[TASK]
+        stream = frames(reply)
+        await anext(f async for f in stream if f.comment is None)
+        during = _samples((await http.get("/metrics")).text)
+        assert value(during, "adk_gateway_open_streams") == 1
+        assert (await http.post(f"/runs/{task_id}/abort")).status_code == 200
+        _ = [f async for f in stream]
+    # The stream's count drops once its last frame has left.
+    async with asyncio.timeout(10):
+        while True:
+            after = _samples((await http.get("/metrics")).text)
+            if value(after, "adk_gateway_open_streams") == 0:
+                break
+            await asyncio.sleep(0.05)
+    assert value(after, "adk_gateway_runs_started_total", app="slow") == 1
+    assert value(after, "adk_gateway_stops_total", heard="yes") == 1
+    sessions = "/apps/{app_name}/users/{user_id}/sessions"
+    assert value(after, "adk_gateway_requests_total", route=sessions, method="GET", code="404") == 1
+    assert (
+        value(after, "adk_gateway_requests_total", route=sessions, method="POST", code="200") == 1
+    )
+    assert (
+        value(after, "adk_gateway_requests_total", route="/run_sse", method="POST", code="200") == 1
+    )
+    # A path no route serves is one label value, whatever the caller sent.
+    assert (
+        value(after, "adk_gateway_requests_total", route="unmatched", method="GET", code="404") == 1
+    )
+    assert (
+        value(after, "adk_gateway_response_start_seconds_count", route="/run_sse", method="POST")
+        == 1
+    )
+
+
+async def test_metrics_need_the_token_like_every_route(
+    start_daemon: Callable[..., Daemon], start_gateway: Callable[..., GatewayProcess]
+) -> None:
+    start_daemon(**APPS_ENV)
+    gateway = start_gateway(ADK_SUPERVISOR_GATEWAY_TOKEN="sekrit")
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        assert (await http.get("/metrics")).status_code == 401
+        ok = await http.get("/metrics", headers={"Authorization": "Bearer sekrit"})
+        assert ok.status_code == 200
+        # The refused scrape was counted, under no route (the guard answered before routing).
+        samples = _samples(ok.text)
+        assert (
+            samples[
+                (
+                    "adk_gateway_requests_total",
+                    frozenset({("route", "unmatched"), ("method", "GET"), ("code", "401")}),
+                )
+            ]
+            == 1
+        )
