@@ -38,6 +38,9 @@ log = logging.getLogger("adk_supervisor")
 _TREE_GONE_LIMIT_S = 20.0
 # A missed SIGCHLD wake-up costs at most this much in the sweep loop.
 _SWEEP_TICK_S = 0.05
+# A killed leader not reaped within this long is sent SIGKILL again (a guard: the reap
+# normally wakes its run at once).
+_LEADER_TICK_S = 1.0
 
 
 @dataclass(slots=True)
@@ -231,17 +234,31 @@ class RunTable:
             with anyio.move_on_after(self._grace_s):
                 await run.exited.wait()
         deadline = time.monotonic() + _TREE_GONE_LIMIT_S
-        first = True
+        if run.exited.is_set() and not self._containment.populated(run.container):
+            return  # the usual end: the leader was the whole tree, or took it along
+        # Leftovers (a grace that ran out, or processes the run left behind) get SIGKILL.
+        self._sigkill(run)
+        # First the leader's own reap, which wakes this run alone: with 1,000 runs killed
+        # at once, waking every killed run at every exit of any of them (each re-killing
+        # and re-reading its tree) made a mass abort cost O(runs) per exit.
+        with anyio.move_on_at(deadline):
+            while not run.exited.is_set():
+                with anyio.move_on_after(_LEADER_TICK_S):
+                    await run.exited.wait()
+                if not run.exited.is_set():
+                    self._sigkill(run)
         while time.monotonic() < deadline:
             if run.exited.is_set() and not self._containment.populated(run.container):
                 return
-            # Leftovers (a grace that ran out, or daemons the run left behind) get SIGKILL.
-            if first or run.kill is not None:
-                self._containment.kill(run.container, run.pidfd, run.pid, signal.SIGKILL)
-                if run.kill is not None and not run.exited.is_set():
-                    run.kill.sent(signal.SIGKILL)  # the grace ran out: the leader gets it too
-                first = False
+            if run.kill is not None:  # late forks of a killed run get it too
+                self._sigkill(run)
             # Every process of the tree ends as a child of this subreaper, so each death
-            # wakes the reaper: wait on that, not on a polling tick.
+            # wakes the reaper: wait on that, not on a polling tick. Only runs whose tree
+            # outlived its leader wait here.
             await self._reaper.wait_for_any_exit(_SWEEP_TICK_S)
         log.error("run %s: process tree still populated after kill", run.task_id)
+
+    def _sigkill(self, run: ActiveRun) -> None:
+        self._containment.kill(run.container, run.pidfd, run.pid, signal.SIGKILL)
+        if run.kill is not None and not run.exited.is_set():
+            run.kill.sent(signal.SIGKILL)  # the grace ran out: the leader gets it too

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 
+import anyio
 import pytest
 
 from agent_runtime.run_spec import RunSpec
@@ -101,3 +104,60 @@ async def test_a_record_a_peer_ended_kills_the_run_as_failed() -> None:
     table.kill_ended_elsewhere("t1", "failed")
     assert run.kill is not None and run.kill.state is TaskState.FAILED
     assert run.kill.reason == "ended by a peer as failed during an outage"
+
+
+class CountingContainment(RecordingContainment):
+    """Counts kills and tree checks; the processes are killed by the test, one at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks = 0
+
+    def populated(self, container: RunContainer) -> bool:
+        self.checks += 1
+        return False
+
+
+async def test_a_mass_kill_wakes_each_run_at_its_own_exit_only() -> None:
+    """Killed at once, each run waits for its own leader: an exit in one run's tree must not
+    make every other killed run re-kill and re-read its tree (O(runs) per exit, O(runs^2)
+    for a mass abort of 1,000 runs)."""
+    containment = CountingContainment()
+    reaper = Reaper()
+    table = RunTable(containment, reaper, 0.0)
+    count = 20
+    runs = []
+    for i in range(count):
+        pid = os.posix_spawnp("sleep", ["sleep", "600"], os.environ)
+        run = _run(f"t{i}")
+        run.pid = pid
+        runs.append(run)
+    ended: list[ActiveRun] = []
+
+    async def watch(run: ActiveRun) -> None:
+        await table.watch(run)
+        ended.append(run)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(reaper.run)
+            for run in runs:
+                table.add(run)
+                reaper.watch(run.pid, run.on_exit)
+                tg.start_soon(watch, run)
+            table.kill_all("stopping")
+            await anyio.sleep(0.1)  # every watch is waiting for its tree now
+            for run in runs:  # the leaders die one by one
+                os.kill(run.pid, signal.SIGKILL)
+                with anyio.fail_after(30):
+                    while run not in ended:
+                        await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    finally:
+        for run in runs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGKILL)
+    assert len(ended) == count
+    # kill_all's SIGKILL, one more as the watch begins, and one tree check after the reap.
+    assert len(containment.kills) <= 2 * count, len(containment.kills)
+    assert containment.checks <= 2 * count, containment.checks
