@@ -37,7 +37,9 @@ MAX_PARKED_FIELDS: Final = 256
 """A parked entry with more field/value items than this is garbage (admission takes a dozen);
 ``unpack`` of a huge one would abort the script half-way."""
 
-# Every script that starts with this library has the key prefix in ARGV[1].
+# Every script that starts with this library has the coordination prefix
+# (KeySchema.coordination, `<prefix>{<prefix>}`) in ARGV[1]: every key it builds lies
+# in the one coordination slot, as Redis Cluster requires of one script.
 LINE_LUA: Final = r"""
 local P = ARGV[1]
 local LIVE = {queued = true, starting = true, running = true}

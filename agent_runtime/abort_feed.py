@@ -23,7 +23,7 @@ import anyio
 import redis.asyncio as aioredis
 from anyio.abc import TaskStatus
 
-from .redis_connection import REDIS_ERRORS, as_text
+from .redis_connection import REDIS_ERRORS, as_text, open_pubsub
 from .task_store import TaskStore, parse_abort_payload
 
 __all__ = ["Abort", "AbortFeed"]
@@ -103,7 +103,7 @@ class AbortFeed:
         """Subscribes and delivers until stopped; reports started once first subscribed."""
         backoff = _FIRST_BACKOFF_S
         while not self._stopping:
-            pubsub: Any = self._client.pubsub()
+            pubsub: Any = open_pubsub(self._client)
             try:
                 await pubsub.psubscribe(self._keys.abort_pattern)
                 while not self._stopping:

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
     ClusterDownError,
+    ClusterError,
     MasterDownError,
+    MaxConnectionsError,
+    MovedError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
     TryAgainError,
@@ -23,7 +32,17 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .redis_url import SCHEMES, SENTINEL_FORM, SENTINEL_SCHEMES, parse_sentinel_url, redact_url
+from .redis_url import (
+    CLUSTER_FORM,
+    CLUSTER_SCHEMES,
+    SCHEMES,
+    SENTINEL_FORM,
+    SENTINEL_SCHEMES,
+    is_cluster_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+    redact_url,
+)
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -35,8 +54,12 @@ __all__ = [
     "as_text",
     "connect",
     "describe_reply",
+    "explain_redis_error",
+    "is_cluster",
+    "open_pubsub",
     "outage_reply",
     "redact_url",
+    "topology_problem",
     "translate_redis_errors",
     "wrong_type",
 ]
@@ -46,7 +69,15 @@ __all__ = [
 # lost connections and timeouts, and error replies such as OOM (maxmemory),
 # READONLY (a failover) or MISCONF (disk full). Background loops catch these,
 # log, back off and go on; they never let one end the process's work.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, ConnectionError, TimeoutError, OSError)
+# (redis-py's cluster client raises RedisClusterException, no RedisError, when it finds no
+# reachable node or no node for a slot.)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (
+    RedisError,
+    RedisClusterException,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
 
 
 # redis-py's message when a blocking pool had no free connection in time.
@@ -100,7 +131,9 @@ _OUTAGE_REPLY = re.compile(
 )
 
 
-_OUTAGE_CLASSES = (ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError)
+# AskError covers MovedError: a redirect that redis-py gave up following (slots moving
+# faster than its retries, a failover in progress).
+_OUTAGE_CLASSES = (ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError, AskError)
 
 
 def outage_reply(error: BaseException) -> bool:
@@ -151,7 +184,9 @@ def connect(
     **kwargs: Any,
 ) -> aioredis.Redis:
     """A ``redis.asyncio.Redis`` for a ``redis://``, ``rediss://`` (TLS), ``unix://`` or
-    ``redis+sentinel://`` URL.
+    ``redis+sentinel://`` URL; a ``redis.asyncio.cluster.RedisCluster`` for a
+    ``redis+cluster://`` URL (typed as ``Redis``: it answers the same commands; use
+    :func:`open_pubsub` rather than its ``pubsub()``).
 
     Credentials (``redis://user:password@host``) and the database number
     (``/0`` or ``?db=0``) come from the URL, as redis-py parses them. Replies
@@ -165,15 +200,27 @@ def connect(
 
     A Sentinel URL gives a client of the named master, found through the sentinels,
     with the same pool and timeouts; see :class:`_SentinelMasterPool` for how it
-    follows a failover.
+    follows a failover. A Cluster URL gives a client that starts from the listed nodes,
+    follows MOVED/ASK and reads the slot map again after a failover; ``max_connections``
+    holds per node, and a caller beyond it fails at once (redis-py's cluster pool does
+    not wait) with :class:`PoolExhaustedError` through :func:`translate_redis_errors`.
     """
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise ValueError(
             f"unsupported Redis URL {redact_url(url)!r}: use redis://host:port/db, "
-            f"rediss://host:port/db (TLS), unix:///path/to/redis.sock or {SENTINEL_FORM}"
+            f"rediss://host:port/db (TLS), unix:///path/to/redis.sock, {SENTINEL_FORM} "
+            f"or {CLUSTER_FORM}"
         )
     kwargs.setdefault("decode_responses", False)
+    if scheme in CLUSTER_SCHEMES:
+        return _connect_cluster(
+            url,
+            max_connections=max_connections,
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            **kwargs,
+        )
     if scheme in SENTINEL_SCHEMES:
         return _connect_sentinel(
             url,
@@ -275,6 +322,177 @@ def _connect_sentinel(
     return client
 
 
+class _Cluster(RedisCluster):
+    """redis-py's asyncio cluster client, remembering how to open a plain connection to one
+    of its nodes (for pub/sub: see :func:`open_pubsub`)."""
+
+    def __init__(self, node_kwargs: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.node_kwargs = node_kwargs
+
+
+def _connect_cluster(
+    url: str,
+    *,
+    max_connections: int,
+    socket_timeout_s: float,
+    connect_timeout_s: float,
+    **kwargs: Any,
+) -> aioredis.Redis:
+    parsed = parse_cluster_url(url)
+    common: dict[str, Any] = {
+        "username": parsed.username,
+        "password": parsed.password,
+        "ssl": parsed.tls,
+        "socket_timeout": socket_timeout_s,
+        "socket_connect_timeout": connect_timeout_s,
+        **kwargs,
+    }
+    client = _Cluster(
+        node_kwargs=common,
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.nodes],
+        max_connections=max_connections,
+        **common,
+    )
+    # Duck-typed: RedisCluster has the command methods of Redis (not its class).
+    return cast(aioredis.Redis, client)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether ``client`` is a redis-py asyncio Redis Cluster client."""
+    return isinstance(client, RedisCluster)
+
+
+class _NodePubSub(PubSub):
+    """A pub/sub link to one node of a cluster, owning its connection pool."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()  # type: ignore[no-untyped-call]
+        finally:
+            await self.connection_pool.disconnect()
+
+
+# The next node each cluster client subscribes through: a lost link moves to another.
+_next_node: weakref.WeakKeyDictionary[RedisCluster, itertools.count[int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+# What a plain connection to a node borrows from a cluster client built elsewhere.
+_NODE_OPTIONS = (
+    "username",
+    "password",
+    "credential_provider",
+    "ssl",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_cert_reqs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "decode_responses",
+    "encoding",
+    "encoding_errors",
+    "client_name",
+)
+
+
+def open_pubsub(client: aioredis.Redis) -> PubSub:
+    """A pub/sub link from any client :func:`connect` returns (or any redis-py asyncio
+    ``Redis`` / ``RedisCluster``); close it with ``aclose()``.
+
+    On a cluster: classic PUBLISH reaches every node, so the link is a plain connection
+    to one node (PSUBSCRIBE patterns work, which sharded pub/sub lacks); each call takes
+    the next known node, so a caller that reopens after a lost link moves to another one.
+    """
+    if not isinstance(client, RedisCluster):
+        pubsub: PubSub = client.pubsub()
+        return pubsub
+    if isinstance(client, _Cluster):
+        options = dict(client.node_kwargs)
+    else:
+        options = {
+            name: client.connection_kwargs[name]
+            for name in _NODE_OPTIONS
+            if name in client.connection_kwargs
+        }
+    nodes = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
+    # Primaries first: a replica delivers the same messages, but is the likelier to go.
+    nodes.sort(key=lambda node: (node.server_type != "primary", node.name))
+    turn = next(_next_node.setdefault(client, itertools.count()))
+    node = nodes[turn % len(nodes)]
+    if options.pop("ssl", False):
+        options["connection_class"] = aioredis.SSLConnection
+    else:
+        options = {k: v for k, v in options.items() if not k.startswith("ssl_")}
+    pool = aioredis.ConnectionPool(host=node.host, port=node.port, **options)
+    return _NodePubSub(connection_pool=pool)
+
+
+async def topology_problem(client: aioredis.Redis, url: str) -> str | None:
+    """What is wrong with the kind of Redis ``url`` reaches, said for an operator, or None.
+
+    A plain URL to a cluster node (every key of another slot would come back MOVED), a
+    plain URL to a replica (every write READONLY), a cluster URL to a node without
+    cluster mode. Unknown (a user without INFO/ROLE rights): None. Connection errors
+    are raised, for the caller's retry.
+    """
+    where = redact_url(url)
+    if isinstance(client, RedisCluster):
+        try:
+            await client.initialize()
+        except RedisClusterException as exc:
+            if "not enabled" in str(exc):
+                return (
+                    f"{where} is not a Redis Cluster (cluster mode is disabled on the node): "
+                    "use redis://host:port/db for a single Redis"
+                )
+            raise
+        return None
+    try:
+        info = await client.info("cluster")
+    except ResponseError:
+        info = {}
+    if str(info.get("cluster_enabled", "0")) == "1":
+        return (
+            f"{where} is a Redis Cluster node: use {CLUSTER_FORM} (a plain redis:// client "
+            "reaches one node's slots only)"
+        )
+    if urlsplit(url).scheme in SENTINEL_SCHEMES:
+        return None  # Sentinel hands out the master
+    try:
+        role = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+    except ResponseError:
+        return None
+    if isinstance(role, list | tuple) and role and as_text(role[0]) == "slave":
+        master = f"{as_text(role[1])}:{role[2]}" if len(role) > 2 else "its master"
+        return (
+            f"{where} is a read-only replica (of {master}): point the URL at the primary, or "
+            f"use {SENTINEL_FORM} to follow failovers"
+        )
+    return None
+
+
+def explain_redis_error(error: BaseException, url: str | None = None) -> str | None:
+    """A one-line explanation of a Redis error that a wrong URL explains, or None."""
+    where = redact_url(url) if url else "Redis"
+    if isinstance(error, AskError):  # MovedError too
+        if url is not None and is_cluster_url(url):
+            return f"the cluster at {where} is moving slots or failing over ({error}): retry"
+        reply = "MOVED" if isinstance(error, MovedError) else "ASK"
+        return f"{where} is a Redis Cluster node: use {CLUSTER_FORM} (it answered {reply} {error})"
+    if isinstance(error, ReadOnlyError) and not (url and is_cluster_url(url)):
+        return (
+            f"{where} is a read-only replica (READONLY): point the URL at the primary, or use "
+            f"{SENTINEL_FORM}"
+        )
+    if isinstance(error, RedisClusterException) and "not enabled" in str(error):
+        return f"{where} is not a Redis Cluster ({error}): use redis://host:port/db"
+    return None
+
+
 @asynccontextmanager
 async def translate_redis_errors(where: str) -> AsyncIterator[None]:
     """Re-raises redis-py's connection and timeout errors, and the error replies of a
@@ -284,6 +502,12 @@ async def translate_redis_errors(where: str) -> AsyncIterator[None]:
     except ResponseError as exc:
         if not outage_reply(exc):
             raise
+        if isinstance(exc, AskError):
+            raise RedisUnavailableError(
+                f"the Redis Cluster at {where} still redirects the call ({_with_code(exc)}): "
+                "slots are moving or a failover is in progress; the call may not have been "
+                "applied and is safe to retry"
+            ) from exc
         raise RedisUnavailableError(
             f"Redis at {where} cannot take the call now ({_with_code(exc)}): a failover, "
             "or too few replicas for min-replicas-to-write; the call may not have been "
@@ -292,8 +516,14 @@ async def translate_redis_errors(where: str) -> AsyncIterator[None]:
     except AuthenticationError:
         # A subclass of ConnectionError in redis-py, but retrying will not help.
         raise
+    except (ClusterError, RedisClusterException) as exc:
+        # No node reachable, a slot no node serves, the cluster's retries used up.
+        raise RedisUnavailableError(
+            f"the Redis Cluster at {where} cannot take the call now ({exc}); the call may "
+            "not have been applied and is safe to retry once the cluster is back"
+        ) from exc
     except (RedisConnectionError, RedisTimeoutError) as exc:
-        if str(exc) == _POOL_EXHAUSTED:
+        if str(exc) == _POOL_EXHAUSTED or isinstance(exc, MaxConnectionsError):
             raise PoolExhaustedError(
                 f"every connection to Redis at {where} stayed busy for the pool's whole "
                 "timeout: raise max_connections or pool_timeout_s, or send fewer calls at "

@@ -12,16 +12,24 @@ from typing import Final
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 __all__ = [
+    "CLUSTER_FORM",
+    "CLUSTER_SCHEMES",
     "SCHEMES",
     "SENTINEL_SCHEMES",
+    "ClusterURL",
     "SentinelURL",
     "describe_topology",
+    "is_cluster_url",
+    "parse_cluster_url",
     "parse_sentinel_url",
     "redact_url",
 ]
 
 SENTINEL_SCHEMES: Final = ("redis+sentinel", "rediss+sentinel")
-SCHEMES: Final = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
+SCHEMES: Final = ("redis", "rediss", "unix", *SENTINEL_SCHEMES, *CLUSTER_SCHEMES)
+
+CLUSTER_FORM: Final = "redis+cluster://[user:password@]host:6379[,host2:6379...]"
 
 SENTINEL_FORM: Final = (
     "redis+sentinel://[user:password@]host:26379[,host2:26379...]/<master-name>[/db]"
@@ -107,6 +115,58 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ClusterURL:
+    """A ``redis+cluster://`` URL taken apart: the nodes to start from (any primaries or
+    replicas of the cluster; the client learns the rest from them) and the credentials,
+    the same on every node."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool
+    username: str | None
+    password: str | None
+
+
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.startswith(tuple(f"{scheme}://" for scheme in CLUSTER_SCHEMES))
+
+
+def parse_cluster_url(url: str) -> ClusterURL:
+    """Parses ``redis+cluster://`` / ``rediss+cluster://``; ``ValueError`` says what is wrong."""
+    parts = urlsplit(url)
+    if parts.scheme not in CLUSTER_SCHEMES:
+        raise ValueError(f"not a Redis Cluster URL ({CLUSTER_FORM})")
+    userinfo, _, hostlist = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hostlist.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad node address {item!r} in {redact_url(url)!r}: {CLUSTER_FORM}")
+        nodes.append((host, int(port)))
+    if parts.path.strip("/"):
+        # A cluster has database 0 only.
+        raise ValueError(
+            f"{redact_url(url)!r} names a database: a Redis Cluster has only db 0 ({CLUSTER_FORM})"
+        )
+    if parts.query:
+        raise ValueError(f"{redact_url(url)!r}: a Redis Cluster URL takes no options")
+    username = password = None
+    if userinfo:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if sep else None
+    return ClusterURL(
+        nodes=tuple(nodes),
+        tls=parts.scheme == "rediss+cluster",
+        username=username,
+        password=password,
+    )
+
+
 def redact_url(url: str) -> str:
     """The URL with its password replaced by ``***``, for logs and error messages."""
     parts = urlsplit(url)
@@ -128,6 +188,18 @@ def describe_topology(url: str | None) -> str:
     """One line for ``check-config``: which Redis ``url`` reaches, and how it fails over."""
     if url is None:
         return "embedded: the daemon starts its own redis-server in state_dir (no failover)"
+    if is_cluster_url(url):
+        cluster = parse_cluster_url(url)
+        nodes = ", ".join(f"{host}:{port}" for host, port in cluster.nodes)
+        return (
+            f"Redis Cluster{' (TLS)' if cluster.tls else ''} found through "
+            f"{len(cluster.nodes)} node(s) ({nodes}); MOVED/ASK replies are followed and the "
+            "slot map is read again after a failover. Every coordination key of a key_prefix "
+            "(task records, runs stream, node keys, session lines) lives in ONE slot, "
+            "'<prefix>{<prefix>}', so one shard carries the coordination of one prefix; "
+            "sessions spread over the shards by app. Pub/sub (aborts, task events) goes "
+            "through one node and reaches every node of the cluster"
+        )
     if not url.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
         return f"standalone: one Redis at {redact_url(url)} (no failover)"
     parsed = parse_sentinel_url(url)

@@ -1,4 +1,4 @@
-"""A run's output: one Redis stream per run, ``<prefix>events:<task_id>``.
+"""A run's output: one Redis stream per run, ``<prefix>{<prefix>}events:<task_id>``.
 
 Each entry has a field ``type`` and a field ``data`` (JSON):
 

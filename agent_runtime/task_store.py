@@ -1,11 +1,11 @@
 """The task state machine in Redis, shared by the supervisor daemon and in-process users.
 
-A task is the hash ``<prefix>task:<task_id>``. Its ``state`` moves
+A task is the hash ``<prefix>{<prefix>}task:<task_id>``. Its ``state`` moves
 ``queued -> starting -> running -> completed | failed | timed_out | aborted``;
 each move is one compare-and-set Lua script, so a late exit can never overwrite
 an abort and a terminal state is final. Every applied move is published as JSON
 on ``<prefix>task-events`` and ``<prefix>task-events:<task_id>`` and appended to
-the capped stream ``<prefix>task-history``.
+the capped stream ``<prefix>{<prefix>}task-history``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from redis.exceptions import ResponseError
 
 from ._session_line import LINE_LUA, MAX_PARKED_FIELDS
 from .keys import DEFAULT_PREFIX, RUNS_GROUP, KeySchema
-from .redis_connection import WrongTypeError, as_text, describe_reply, wrong_type
+from .redis_connection import WrongTypeError, as_text, describe_reply, is_cluster, wrong_type
 from .run_events import DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_TTL_S
 
 __all__ = [
@@ -118,10 +118,10 @@ _MAX_QUOTED_ID: Final = 200
 # (see run_events.py), and a terminal move starts that stream's expiry. pcall: a
 # key of the wrong type there (anyone's write) must not block the move itself.
 # The transition, submit and claim scripts start with the session line's library
-# (_session_line.py: ARGV[1] is the key prefix); a terminal move releases the run's
+# (_session_line.py: ARGV[1] is the coordination prefix); a terminal move releases the run's
 # place in its session's line in the same script, so no crash can leave it held.
 
-# KEYS: task hash, run events stream. ARGV: key prefix, task id, new state, allowed
+# KEYS: task hash, run events stream. ARGV: coordination prefix, task id, new state, allowed
 # from-states (space separated), event JSON, events channel, per-task channel, TTL in
 # ms (0: none), events stream MAXLEN (0: no entry), events stream TTL in ms (0: none),
 # '1' to move only a run in a session line, then field/value pairs.
@@ -184,7 +184,7 @@ return {'OK', cur}
 # The run keeps its session's lease (a queued holder is live). Of several daemons that
 # notice at once exactly one gets OK. NOPOLICY: the run is not durable (fail it);
 # EXHAUSTED: its attempts are used up (fail it); STALE: a resume happened already.
-# KEYS: task hash, run events stream. ARGV: key prefix, task id, reason, expected epoch
+# KEYS: task hash, run events stream. ARGV: coordination prefix, task id, reason, expected epoch
 # ('' = any), now, events channel, per-task channel, events stream MAXLEN.
 _RESUME = (
     LINE_LUA
@@ -260,7 +260,7 @@ return {'OK', ''}
 # A submitted run: its `queued` record, its runs-stream entry and its place in its
 # session's line (the free lease, else the end of the queue), all or nothing; with
 # if_busy 'refuse', nothing at all while another run holds the session.
-# KEYS: task hash, run events stream. ARGV: key prefix, task id, session part, if_busy,
+# KEYS: task hash, run events stream. ARGV: coordination prefix, task id, session part, if_busy,
 # event JSON, events channel, per-task channel, events stream MAXLEN, number n of record
 # field/value items, the n record items, then the stream entry's field/value pairs.
 _SUBMIT = (
@@ -309,7 +309,7 @@ return {'OK', ahead}
 # holds its session's lease (a run that is in no line yet, XADDed by hand, takes a free
 # one), else the entry is parked, acknowledged and deleted (the run waits, holding no
 # slot), or with if_busy 'refuse' nothing changes and the caller fails the run.
-# KEYS: task hash, run events stream. ARGV: key prefix, task id, session part, if_busy,
+# KEYS: task hash, run events stream. ARGV: coordination prefix, task id, session part, if_busy,
 # event JSON, events channel, per-task channel, events stream MAXLEN, runs-stream entry
 # id, consumer group, number n of field/value items to set with `starting`, the n items,
 # then the stream entry's field/value pairs.
@@ -551,7 +551,7 @@ class TaskStore:
             status, other = await self._submit(
                 keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                 args=[
-                    self.keys.prefix,
+                    self.keys.coordination,
                     task_id,
                     session.part,
                     if_busy,
@@ -597,7 +597,7 @@ class TaskStore:
             status, other = await self._claim(
                 keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                 args=[
-                    self.keys.prefix,
+                    self.keys.coordination,
                     task_id,
                     session.part,
                     if_busy,
@@ -711,7 +711,7 @@ class TaskStore:
         epoch: int | None = None,
     ) -> list[str | int]:
         return [
-            self.keys.prefix,
+            self.keys.coordination,
             task_id,
             state.value,
             " ".join(s.value for s in sources),
@@ -739,7 +739,7 @@ class TaskStore:
             status, detail = await self._resume(
                 keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
                 args=[
-                    self.keys.prefix,
+                    self.keys.coordination,
                     task_id,
                     reason[:MAX_REASON],
                     "" if epoch is None else str(epoch),
@@ -788,6 +788,10 @@ class TaskStore:
         """Moves many non-terminal tasks to ``failed`` in pipelined batches; returns how many moved."""
         moved = 0
         items = list(failures.items())
+        if items and is_cluster(self.client):
+            # A cluster pipeline does not load its scripts first, as a plain one does: a
+            # primary that never saw the script would fail the whole batch with NOSCRIPT.
+            await self.client.script_load(_TRANSITION)
         for start in range(0, len(items), 500):
             batch = items[start : start + 500]
             now = time.time()
@@ -895,10 +899,15 @@ class TaskStore:
         recorded ``aborted`` here at once, and leaves the line."""
         reason = reason or "aborted by request"
         payload = json.dumps({"action": "abort", "reason": reason})
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.abort_mark(task_id), payload, ex=ttl_s)
-            pipe.publish(self.keys.abort_channel(task_id), payload)
-            _, receivers = await pipe.execute()
+        if is_cluster(self.client):
+            # redis-py refuses PUBLISH in a cluster pipeline: the mark first, as below.
+            await self.client.set(self.keys.abort_mark(task_id), payload, ex=ttl_s)
+            receivers = await self.client.publish(self.keys.abort_channel(task_id), payload)
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(self.keys.abort_mark(task_id), payload, ex=ttl_s)
+                pipe.publish(self.keys.abort_channel(task_id), payload)
+                _, receivers = await pipe.execute()
         try:
             await self.abort_waiting(task_id, reason[:MAX_REASON])
         except WrongTypeError as exc:  # the abort itself is out: the mark and the message

@@ -603,7 +603,14 @@ def _over_redis(url: str, prefix: str, call: Callable[[SupervisorClient], Awaita
         async with SupervisorClient(url, prefix) as client:
             return await call(client)
 
-    return anyio.run(run)
+    try:
+        return anyio.run(run)
+    except Exception as exc:
+        # A wrong URL form (a cluster node through redis://...) named with the URL used.
+        failure = _redis_failure(exc, url)
+        if failure is None or _unreachable(exc):
+            raise
+        raise CliError(*failure) from None
 
 
 def _wait(url: str, prefix: str, task_id: str, limit_s: float | None, as_json: bool) -> int:
@@ -684,7 +691,7 @@ def _verify_session(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace, settings: Settings) -> int:
-    from agent_runtime.redis_url import describe_topology, redact_url
+    from agent_runtime.redis_url import describe_topology, is_cluster_url, redact_url
 
     from .config import find_config_path
     from .run_acl import explain_run_credentials
@@ -703,7 +710,10 @@ def _check_config(args: argparse.Namespace, settings: Settings) -> int:
         if data[key]:
             data[key] = redact_url(data[key])
     credentials = explain_run_credentials(
-        settings.run_credentials, settings.key_prefix, settings.run_redis_url
+        settings.run_credentials,
+        settings.key_prefix,
+        settings.run_redis_url,
+        cluster=bool(settings.redis_url and is_cluster_url(settings.redis_url)),
     )
     if args.json:
         _print(
@@ -747,6 +757,25 @@ def _unreachable(exc: BaseException) -> bool:
     if errors is None:
         return False
     return isinstance(exc, errors.ConnectionError | errors.TimeoutError)
+
+
+def _redis_failure(exc: BaseException, url: str | None) -> tuple[str, int] | None:
+    """One line and an exit code for a Redis error that reached the top (no traceback for
+    Redis's replies); None for anything else. redis-py is loaded only if it was used."""
+    connection = sys.modules.get("agent_runtime.redis_connection")
+    if connection is None:
+        return None
+    url = url or os.environ.get("ADK_SUPERVISOR_REDIS_URL")
+    explained = connection.explain_redis_error(exc, url)
+    if explained is not None:
+        return " ".join(explained.split()), EXIT_USAGE
+    if isinstance(exc, connection.RedisUnavailableError):
+        return f"cannot reach Redis: {' '.join(str(exc).split())}", EXIT_UNAVAILABLE
+    if isinstance(exc, connection.RedisClusterException):
+        return f"Redis Cluster: {' '.join(str(exc).split())}", EXIT_UNAVAILABLE
+    if isinstance(exc, connection.RedisError):
+        return f"Redis refused the command: {' '.join(str(exc).split())}", EXIT_FAILED
+    return None
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -815,4 +844,9 @@ def _main(argv: Sequence[str] | None) -> int:
         if _unreachable(exc):
             print(f"adk-supervisor: cannot reach Redis or the daemon: {exc}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-        raise
+        failure = _redis_failure(exc, getattr(args, "redis_url", None))
+        if failure is None:
+            raise
+        message, code = failure
+        print(f"adk-supervisor: {message}", file=sys.stderr)
+        return code

@@ -15,7 +15,7 @@ import anyio
 import redis.asyncio as aioredis
 
 from agent_runtime.keys import DEFAULT_PREFIX
-from agent_runtime.redis_connection import connect
+from agent_runtime.redis_connection import connect, open_pubsub
 from agent_runtime.run_events import RunEntry
 from agent_runtime.run_events import follow as follow_events
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, InputTooLarge, RunInput
@@ -332,7 +332,7 @@ class SupervisorClient:
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> dict[str, str]:
         """Waits until the task is terminal and returns its record (TimeoutError after ``timeout_s``)."""
-        pubsub: Any = self.client.pubsub()
+        pubsub: Any = open_pubsub(self.client)
         await pubsub.subscribe(self.store.keys.task_channel(task_id))
         try:
             with anyio.fail_after(timeout_s):

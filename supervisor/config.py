@@ -32,7 +32,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from agent_runtime.redis_url import SENTINEL_FORM, SENTINEL_SCHEMES, parse_sentinel_url, redact_url
+from agent_runtime.redis_url import (
+    CLUSTER_FORM,
+    SENTINEL_FORM,
+    SENTINEL_SCHEMES,
+    is_cluster_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+    redact_url,
+)
 
 from .errors import ConfigError
 from .paths import (
@@ -196,10 +204,13 @@ class Settings(BaseSettings):
         if value.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
             parse_sentinel_url(value)  # its ValueError names what is wrong
             return value
+        if is_cluster_url(value):
+            parse_cluster_url(value)
+            return value
         if not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
-                f"must be a redis://, rediss://, unix:// or Sentinel URL ({SENTINEL_FORM}); "
-                "leave it unset for the embedded Redis"
+                f"must be a redis://, rediss://, unix://, Sentinel ({SENTINEL_FORM}) or "
+                f"Cluster ({CLUSTER_FORM}) URL; leave it unset for the embedded Redis"
             )
         return value
 
@@ -220,6 +231,9 @@ class Settings(BaseSettings):
     def _non_empty(cls, value: str) -> str:
         if not value or any(c.isspace() for c in value):
             raise ValueError("must be non-empty and contain no whitespace")
+        if "{" in value or "}" in value:
+            # They would move the Redis Cluster hash tag of the coordination keys.
+            raise ValueError("must not contain '{' or '}'")
         return value
 
     @field_validator("log_level", mode="before")
@@ -288,6 +302,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 'run_credentials = "shared" needs run_redis_url: the URL (with the user and '
                 "password) every run connects with"
+            )
+        if self.run_credentials == "per_run" and self.redis_url and is_cluster_url(self.redis_url):
+            raise ValueError(
+                'run_credentials = "per_run" cannot work on a Redis Cluster (ACL users live '
+                "on each node, unreplicated): create one confined user on every node and set "
+                'run_credentials = "shared" with run_redis_url'
             )
         if self.run_credentials in ("per_run", "daemon") and self.run_redis_url:
             raise ValueError(

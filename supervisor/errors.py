@@ -106,3 +106,8 @@ class ContainmentError(SupervisorError, RuntimeError):
 
 class SpawnError(SupervisorError, OSError):
     """A run's process could not be started (the run is recorded as failed)."""
+
+
+class RedisTopologyError(SupervisorError, ValueError):
+    """``redis_url`` reaches the wrong kind of Redis: a cluster node through a plain URL, a
+    replica, a single Redis through a cluster URL. The message says which URL form to use."""

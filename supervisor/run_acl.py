@@ -9,7 +9,7 @@ A run needs, and gets:
 - its app's session keys ``<prefix>{<app>}:*`` (every user's sessions of that
   app: the session scripts keep the app's shared indexes, and sweep its expired
   sessions, whoever they belong to);
-- its own task record ``<prefix>task:<task_id>`` (the child writes ``adk_app``,
+- its own task record ``<prefix>{<prefix>}task:<task_id>`` (the child writes ``adk_app``,
   ``invocation_id`` and ``error`` there), its tool-call journal, and read-only its
   epoch (a durable run's writes are checked against it: the run must not raise it);
 - the commands of the session service and the task store's ``update``: a few
@@ -101,6 +101,14 @@ def run_user_name(key_prefix: str, node_id: str, task_id: str) -> str:
     return run_user_prefix(key_prefix, node_id) + task_id
 
 
+def _every_app(key_prefix: str) -> str:
+    # Every app's session keys, ``<prefix>{<app>}:...``, and no coordination key
+    # ``<prefix>{<prefix>}<name>``: an encoded app name holds no ``}``, a coordination key
+    # holds no ``}:`` (its names follow the tag without a ``:``; task and node ids and
+    # the prefix hold no braces).
+    return acl_glob_escape(key_prefix) + "{*}:*"
+
+
 def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> list[str]:
     """The key patterns of one run: its app's sessions, its own task record and events stream.
 
@@ -110,7 +118,7 @@ def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> 
     sessions = (
         acl_glob_escape(AppKeys.for_app(key_prefix, session_app).base) + "*"
         if session_app
-        else acl_glob_escape(key_prefix) + "{*"
+        else _every_app(key_prefix)
     )
     keys = KeySchema(key_prefix)
     return [
@@ -127,10 +135,9 @@ def run_key_patterns(key_prefix: str, task_id: str, session_app: str | None) -> 
 def shared_key_patterns(key_prefix: str) -> list[str]:
     """The key patterns of one user shared by every run: all sessions, task records and
     events streams."""
-    prefix = acl_glob_escape(key_prefix)
     keys = KeySchema(key_prefix)
     return [
-        f"~{prefix}{{*",
+        f"~{_every_app(key_prefix)}",
         f"~{acl_glob_escape(keys.task(''))}*",
         f"~{acl_glob_escape(keys.run_events(''))}*",
         f"~{acl_glob_escape(keys.tool_journal(''))}*",
@@ -200,10 +207,19 @@ def with_credentials(url: str, username: str, password: str) -> str:
 
 
 def explain_run_credentials(
-    mode: CredentialsMode, key_prefix: str, run_redis_url: str | None
+    mode: CredentialsMode, key_prefix: str, run_redis_url: str | None, *, cluster: bool = False
 ) -> list[str]:
-    """What ``run_credentials`` means for this configuration, for ``check-config``."""
+    """What ``run_credentials`` means for this configuration, for ``check-config``
+    (``cluster``: ``redis_url`` names a Redis Cluster, where no per-run users are made)."""
     shared = "ACL SETUSER <user> >PASSWORD " + " ".join(shared_rules(key_prefix))
+    if cluster and mode == "auto" and not run_redis_url:
+        return [
+            "auto on a Redis Cluster: runs get the daemon's own Redis credentials (redis_url), "
+            "with a warning: ACL users live on each node, unreplicated, so no per-run user is "
+            "made; create one confined user on EVERY node (primaries and replicas, in their "
+            "ACL files) and set run_redis_url, for example:",
+            f"  {shared}",
+        ]
     if mode == "daemon":
         return [
             "runs get the daemon's own Redis credentials (redis_url): a run can do whatever "
@@ -216,6 +232,11 @@ def explain_run_credentials(
             f"  {shared}",
             "(on Redis 7.2+ add +client|setinfo, or each connection leaves an ACL LOG entry; "
             "any run can still write every task record and every app's sessions)",
+            *(
+                ["on a Redis Cluster, create that user on every node (primaries and replicas)"]
+                if cluster
+                else []
+            ),
         ]
     per_run = (
         "each run gets an ACL user of its own (<key_prefix>run:<node_id>:<task_id>), created "

@@ -15,6 +15,8 @@ from supervisor.client import SupervisorClient
 from supervisor.errors import RedisServerError
 from supervisor.ops.redis_server import RedisServer
 
+from .cluster_topology import ClusterTopology
+
 
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
@@ -40,6 +42,17 @@ def redis_server() -> Iterator[RedisServer]:
     _start(server)
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterTopology]:
+    """One three-primary Redis Cluster for the whole run (``redis+cluster://`` tests)."""
+    try:
+        cluster = ClusterTopology()
+    except RedisServerError as exc:
+        pytest.fail(f"cannot start the test Redis Cluster: {exc}", pytrace=False)
+    yield cluster
+    cluster.cleanup()
 
 
 @pytest.fixture

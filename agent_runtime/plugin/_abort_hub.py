@@ -13,6 +13,8 @@ import logging
 import os
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
+
 from ..abort_feed import Abort, AbortFeed
 from ..redis_connection import connect
 from ._tasks import stop_task
@@ -30,8 +32,12 @@ _hubs: dict[tuple[asyncio.AbstractEventLoop, str, str], AbortHub] = {}
 class AbortHub:
     """Per-task abort handlers on one shared feed."""
 
-    def __init__(self, redis_url: str, key_prefix: str) -> None:
-        self._client = connect(redis_url, client_name=f"adk-plugin-abort-{os.getpid()}")
+    def __init__(
+        self, redis_url: str, key_prefix: str, client: aioredis.Redis | None = None
+    ) -> None:
+        # A given client is the caller's (only the feed's pub/sub link is the hub's).
+        self._owns_client = client is None
+        self._client = client or connect(redis_url, client_name=f"adk-plugin-abort-{os.getpid()}")
         self._handlers: dict[str, list[AbortHandler]] = {}
         self.feed = AbortFeed(self._client, key_prefix, self._dispatch, lambda: self._handlers)
         self._refs = 0
@@ -73,21 +79,26 @@ class AbortHub:
         self.feed.stop()
         await stop_task(self._task)
         self._task = None
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
 
-def acquire_abort_hub(redis_url: str, key_prefix: str) -> AbortHub:
-    """The shared hub of this event loop for ``redis_url`` and ``key_prefix``.
+def acquire_abort_hub(
+    redis_url: str, key_prefix: str, *, client: aioredis.Redis | None = None
+) -> AbortHub:
+    """The shared hub of this event loop for ``redis_url`` (or the given ``client``) and
+    ``key_prefix``.
 
     Call from the event loop; pair every call with one :meth:`AbortHub.release`.
     """
     loop = asyncio.get_running_loop()
     for key in [k for k in _hubs if k[0].is_closed()]:
         del _hubs[key]
-    hub = _hubs.get((loop, redis_url, key_prefix))
+    target = redis_url if client is None else f"client:{id(client)}"
+    hub = _hubs.get((loop, target, key_prefix))
     if hub is None:
-        hub = AbortHub(redis_url, key_prefix)
-        _hubs[(loop, redis_url, key_prefix)] = hub
+        hub = AbortHub(redis_url, key_prefix, client)
+        _hubs[(loop, target, key_prefix)] = hub
     hub._refs += 1
     hub._start()
     return hub

@@ -109,10 +109,10 @@ class RedisOrchestrationPlugin(BasePlugin):
     """Task state tracking, Redis abort, timeouts and crash recovery for an ADK ``App``.
 
     Args:
-        redis_url: ``redis://``, ``rediss://`` or ``unix://`` URL of the Redis the
-            supervisor and its clients use.
+        redis_url: ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
+            ``redis+cluster://`` URL of the Redis the supervisor and its clients use.
         key_prefix: the prefix of every key and channel (as the daemon's).
-        enable_state_tracking: keep the task record ``<prefix>task:<task_id>``
+        enable_state_tracking: keep the task record ``<prefix>{<prefix>}task:<task_id>``
             (``running``, then exactly one of ``completed`` / ``failed`` /
             ``aborted`` / ``timed_out``), and this process's heartbeat.
         enable_abort: abort an invocation on a PUBLISH on ``<prefix>abort:<task_id>``
@@ -126,6 +126,9 @@ class RedisOrchestrationPlugin(BasePlugin):
         recovery_interval_s: how often to look for dead processes (default: the TTL).
         session_service: where crash recovery seals the sessions of the tasks it
             fails; by default the session service of the runner the plugin last saw.
+        redis_client: an existing ``redis.asyncio`` client (``Redis`` or ``RedisCluster``)
+            to use instead of ``redis_url``, as the session service accepts; the caller
+            keeps ownership and closes it, and the plugin runs on that client's event loop.
     """
 
     def __init__(
@@ -141,6 +144,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         recovery_interval_s: float | None = None,
         session_service: BaseSessionService | None = None,
         name: str = "redis_orchestration",
+        redis_client: aioredis.Redis | None = None,
     ) -> None:
         super().__init__(name=name)
         if timeout_s is not None and timeout_s <= 0:
@@ -159,6 +163,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         self.owner = new_owner_id()
         self._invocations: dict[str, _Invocation] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._given_client = redis_client
         self._client: aioredis.Redis | None = None
         self._store: TaskStore | None = None
         self._aborts: AbortHub | None = None
@@ -200,12 +205,14 @@ class RedisOrchestrationPlugin(BasePlugin):
             return []
         self._loop = loop
         # Resources of a previous (closed) event loop cannot be reused here.
-        self._client = connect(self.redis_url)
+        self._client = self._given_client or connect(self.redis_url)
         self._store = TaskStore(self._client, self.key_prefix)
         if self.supervised_task_id is not None:
             return []
         if self.enable_abort:
-            self._aborts = acquire_abort_hub(self.redis_url, self.key_prefix)
+            self._aborts = acquire_abort_hub(
+                self.redis_url, self.key_prefix, client=self._given_client
+            )
         if self.enable_state_tracking:
             self._heartbeat = ProcessHeartbeat(
                 self._store, self.owner, self.heartbeat_ttl_s, on_beat=self._retry_terminal_writes
@@ -281,10 +288,10 @@ class RedisOrchestrationPlugin(BasePlugin):
         if self._aborts is not None:
             await self._aborts.release()
             self._aborts = None
-        if self._client is not None:
+        if self._client is not None and self._client is not self._given_client:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._client.aclose()
-            self._client = None
+        self._client = None
         self._store = None
         self._loop = None
 

@@ -1,8 +1,8 @@
 """Process heartbeats and crash recovery for tasks the orchestration plugin runs in-process.
 
 Every process running the plugin owns the tasks it registers: the hash
-``<prefix>plugin-running`` maps each ``running`` task id to its owner (so
-recovery never SCANs), and the owner keeps ``<prefix>plugin-heartbeat:<owner>``
+``<prefix>{<prefix>}plugin-running`` maps each ``running`` task id to its owner (so
+recovery never SCANs), and the owner keeps ``<prefix>{<prefix>}plugin-heartbeat:<owner>``
 alive with a TTL. A process whose heartbeat expired is dead; :func:`recover_dead`
 fails its tasks through the task store's compare-and-set (``failed`` only from
 ``running``), so when several processes recover at once each task is failed

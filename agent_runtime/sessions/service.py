@@ -46,6 +46,7 @@ from ..redis_connection import (
     RedisUnavailableError,
     as_text,
     connect,
+    is_cluster,
     redact_url,
     translate_redis_errors,
 )
@@ -115,8 +116,9 @@ class RedisSessionService(BaseSessionService):
     """ADK session service backed by Redis (standalone, Sentinel-managed or Cluster).
 
     Args:
-      redis_url: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS)
-        or ``unix:///path/redis.sock[?db=N]``.
+      redis_url: ``redis://[user:password@]host:port/db``, ``rediss://...`` (TLS),
+        ``unix:///path/redis.sock[?db=N]``, ``redis+sentinel://...`` or
+        ``redis+cluster://host:port[,host:port...]``.
       key_prefix: prefix of every key, so several apps or tenants can share one Redis.
       session_ttl: seconds a session lives after its last write (sliding);
         ``None`` keeps sessions until deleted. ``app:`` and ``user:`` state never
@@ -132,8 +134,9 @@ class RedisSessionService(BaseSessionService):
         bounds how long one listing step holds Redis.
       fence: ``(key, epoch)``: every append is refused with :class:`FencedWriteError`
         unless the string ``key`` still holds ``epoch`` (absent reads as 0), checked in
-        the append's own script (a supervised durable run's epoch; not on Redis Cluster,
-        where the key lies in another slot).
+        the append's own script (a supervised durable run's epoch). On Redis Cluster the
+        key lies in another slot: it is read by a command of its own right before each
+        append, so a resume landing between the two lets that one append through.
       wait_replicas: an append is acknowledged only once ``WAIT`` saw it on this many
         replicas within ``wait_timeout_ms``; otherwise it raises
         :class:`RedisUnavailableError` (it may be stored: a retry is recognised) and the
@@ -240,6 +243,18 @@ class RedisSessionService(BaseSessionService):
         self._keys(app_name, user_id, session_id)  # validates the ids
         async with translate_redis_errors(self._where):
             return await verify_chain(self._client, self.key_prefix, app_name, user_id, session_id)
+
+    async def _check_fence(self, session_id: str) -> None:
+        """The fence as a separate read (Redis Cluster): a resume that lands between this
+        read and the append lets that one append through; the next one is refused."""
+        assert self.fence is not None
+        raw = await self._client.get(self.fence[0])
+        current = "0" if raw is None else as_text(raw)
+        if current != str(self.fence[1]):
+            raise FencedWriteError(
+                f"session {session_id}: append refused, the run was resumed elsewhere "
+                f"(epoch {current[:20]}, this process has {self.fence[1]})"
+            )
 
     async def _append_durably(self, keys: list[str], args: list[str]) -> Any:
         if not self.wait_replicas:
@@ -505,10 +520,15 @@ class RedisSessionService(BaseSessionService):
         lock = self._append_locks.get(lock_key)
         if lock is None:
             lock = self._append_locks[lock_key] = asyncio.Lock()
-        fence_args = [self.fence[0], str(self.fence[1])] if self.fence else []
+        # On a cluster the epoch key lies in the coordination slot, never the session's:
+        # it is read by a command of its own just before the append (see _check_fence).
+        split_fence = self.fence is not None and is_cluster(self._client)
+        fence_args = [self.fence[0], str(self.fence[1])] if self.fence and not split_fence else []
         async with lock:
             caller_last_id = session.events[-1].id if session.events else ""
             async with translate_redis_errors(self._where):
+                if split_fence:
+                    await self._check_fence(session.id)
                 head = await self._head(lock_key, keys.meta, session._storage_update_marker)
                 new_head = link(head, event_json.encode()) if head else ""
                 reply = await self._append_durably(

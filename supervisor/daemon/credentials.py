@@ -16,6 +16,13 @@
   ``per_run`` if the daemon's user may create users (tried at start), else
   ``daemon``, with a warning.
 
+On a Redis Cluster there are no per-run users: ACL users live on each node, are not
+replicated and not persisted, so a user would have to be created on every primary and
+replica before each spawn, and a node away at that moment (failing over, restarting,
+added later) would refuse the run at some later command. ``auto`` there is ``shared``
+with ``run_redis_url`` (one confined user the operator puts in every node's ACL file),
+else ``daemon`` with a warning; ``per_run`` refuses to start.
+
 Nothing here is on the kill path: a kill never waits for a user to be deleted.
 """
 
@@ -30,7 +37,7 @@ import anyio
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from agent_runtime.redis_connection import REDIS_ERRORS, as_text, redact_url
+from agent_runtime.redis_connection import REDIS_ERRORS, as_text, is_cluster, redact_url
 
 from ..errors import RunCredentialsUnavailable
 from ..run_acl import (
@@ -97,6 +104,22 @@ class RunCredentials:
             log.warning(
                 'run credentials: daemon (run_credentials = "daemon"): runs connect with the '
                 "daemon's own Redis credentials and can do whatever it can"
+            )
+            return
+        if is_cluster(self._client):
+            if configured == "per_run":
+                raise RunCredentialsUnavailable(
+                    'run_credentials = "per_run" cannot work on a Redis Cluster (ACL users '
+                    "live on each node, unreplicated): create one confined user on every "
+                    'node and set run_credentials = "shared" with run_redis_url '
+                    "(check-config prints its rules)"
+                )
+            self.mode = "daemon"
+            log.warning(
+                "run credentials: daemon: on a Redis Cluster no per-run ACL users are made "
+                "(they would be needed on every node, unreplicated), so runs connect with the "
+                "daemon's own credentials and can do whatever it can; create a confined user "
+                "on every node and set run_redis_url (check-config prints its rules)"
             )
             return
         try:

@@ -22,12 +22,19 @@ from anyio.abc import TaskStatus
 from redis.exceptions import ResponseError
 
 from agent_runtime.process_control import set_child_subreaper
-from agent_runtime.redis_connection import REDIS_ERRORS, connect, describe_reply, redact_url
+from agent_runtime.redis_connection import (
+    REDIS_ERRORS,
+    connect,
+    describe_reply,
+    redact_url,
+    topology_problem,
+)
 from agent_runtime.task_store import TERMINAL_STATES, TaskState, TaskStore
 
 from ..config import Settings
 from ..control.handler import ControlHandler
 from ..control.server import StatusSocketServer
+from ..errors import RedisTopologyError
 from ..ops.sd_notify import SdNotifier
 from ..process.containment import CgroupContainment, choose_containment
 from ..process.identity import boot_id, process_start_ticks
@@ -270,6 +277,9 @@ class Supervisor:
         backoff = 0.5
         while True:
             try:
+                # A wrong kind of Redis never heals: say so and stop, not retry for ever.
+                if problem := await topology_problem(self.client, self.redis_url):
+                    raise RedisTopologyError(problem)
                 await self.health.check_node_free()
                 report = await self._reconcile()
                 # After reconcile killed this node's old runs: their users go with them.

@@ -1,7 +1,7 @@
 """Peer reconcile: supervisors sharing one Redis take over the work of a node that is gone.
 
-Every daemon registers its node in ``<prefix>nodes`` and keeps
-``<prefix>node:<node_id>:heartbeat`` alive. A daemon that sees a peer's
+Every daemon registers its node in ``<prefix>{<prefix>}nodes`` and keeps
+``<prefix>{<prefix>}node:<node_id>:heartbeat`` alive. A daemon that sees a peer's
 heartbeat missing for ``node_dead_after_s``, timed on its own monotonic clock
 from the first time it saw it missing (so a Redis restart that lost every
 heartbeat is not taken for a mass death), takes the peer's work over:

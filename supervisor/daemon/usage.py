@@ -2,7 +2,7 @@
 
 A console on any host cannot read this node's /proc, so every
 ``heartbeat_interval_s`` the node writes one small hash,
-``<prefix>node:<id>:usage`` (field = task id, value = JSON ``pid``, ``rss``
+``<prefix>{<prefix>}node:<id>:usage`` (field = task id, value = JSON ``pid``, ``rss``
 bytes, ``cpu_s`` seconds and ``cpu_pct`` over the last interval, of the run's
 whole tree), replaced whole in one transaction and expiring after three
 intervals, so a dead node's figures vanish with it. The /proc reads (about

@@ -28,7 +28,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from agent_runtime.redis_connection import REDIS_ERRORS
+from agent_runtime.redis_connection import REDIS_ERRORS, open_pubsub
 from agent_runtime.task_store import TaskStore
 
 from ._console_view import ConsoleView, parse_transition, row_of
@@ -54,7 +54,7 @@ _PAGE_HEADERS = {
 
 
 async def _frames(view: ConsoleView, store: TaskStore) -> AsyncGenerator[bytes]:
-    pubsub: Any = store.client.pubsub()
+    pubsub: Any = open_pubsub(store.client)
     try:
         await pubsub.subscribe(store.keys.task_events)
         yield sse_frame(dumps(await view.snapshot()), event="snapshot")

@@ -1,6 +1,6 @@
 """What the console shows, read from Redis: the nodes, live runs, queued runs, recent ends.
 
-- Nodes: ``<prefix>nodes``, each alive while its heartbeat key exists.
+- Nodes: ``<prefix>{<prefix>}nodes``, each alive while its heartbeat key exists.
 - Live runs: the members of every node's ``node:<id>:tasks`` set whose record
   is ``starting`` or ``running`` (a member still ``queued`` is a claim in
   progress: shown as queued).
@@ -8,7 +8,7 @@
   what is left is not yet started) and the runs waiting in a session's line
   (``session-queue:*``, found by SCAN: the one read here that grows with the
   key space, done once per snapshot), each while its record is ``queued``.
-- Recent ends: the newest terminal transitions of ``<prefix>task-history``,
+- Recent ends: the newest terminal transitions of ``<prefix>{<prefix>}task-history``,
   one per task, with the record where it still exists.
 - CPU and memory: each node's ``node:<id>:usage`` hash (``daemon/usage.py``),
   as fresh as the node's heartbeat interval.
@@ -129,7 +129,7 @@ class ConsoleView:
         self._keys = store.keys
 
     async def nodes(self) -> list[dict[str, Any]]:
-        """Every node of ``<prefix>nodes``: its id, whether its heartbeat is there, its runs."""
+        """Every node of ``<prefix>{<prefix>}nodes``: its id, whether its heartbeat is there, its runs."""
         ids = await self._node_ids()
         async with self._store.client.pipeline(transaction=False) as pipe:
             for node in ids:
@@ -228,7 +228,7 @@ class ConsoleView:
         client = self._store.client
         queues: list[bytes] = []
         async for key in client.scan_iter(
-            match=self._keys.prefix + "session-queue:*", count=1000, _type="list"
+            match=self._keys.coordination + "session-queue:*", count=1000, _type="list"
         ):
             queues.append(key)
             if len(queues) >= _MAX_QUEUE_KEYS:

@@ -1,8 +1,8 @@
 """Which runs of a session are live, for ``POST .../sessions/{id}:cancel``.
 
 A session has one live run at a time: the run holding its lease, then the runs
-waiting in its queue, in submit order (``<prefix>session-lease:...`` and
-``<prefix>session-queue:...``, kept by the task store's scripts for every run,
+waiting in its queue, in submit order (``<prefix>{<prefix>}session-lease:...`` and
+``<prefix>{<prefix>}session-queue:...``, kept by the task store's scripts for every run,
 whatever entry point submitted it). Both are read as untrusted: a member
 counts only while its task record names this session and is not terminal.
 """

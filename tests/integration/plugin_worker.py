@@ -49,7 +49,9 @@ async def hold(redis_url: str, prefix: str, n: int) -> None:
     runs = [asyncio.create_task(one(i)) for i in range(n)]
     store = aioredis.Redis.from_url(redis_url)
     while True:  # every tool is running once every record counts one tool call
-        records = [await store.hget(f"{prefix}task:hold-{i}", "tool_calls") for i in range(n)]
+        records = [
+            await store.hget(f"{prefix}{{{prefix}}}task:hold-{i}", "tool_calls") for i in range(n)
+        ]
         if all(r == b"1" for r in records):
             break
         await asyncio.sleep(0.02)

@@ -174,7 +174,7 @@ async def test_garbage_in_the_consoles_keys_is_skipped_not_an_error(
         keys.task_history, {"event": json.dumps({"task_id": "t/x", "state": "failed"})}
     )
     await redis.xadd(keys.task_history, {"nothing": "here"})
-    await redis.rpush(keys.prefix + "session-queue:a:b:c", "t 1", "\xff")
+    await redis.rpush(keys.coordination + "session-queue:a:b:c", "t 1", "\xff")
     await redis.set(keys.runs, "no stream")
     gateway = start_gateway()
     reply = await http_get(gateway, "/console/api/state")

@@ -78,9 +78,9 @@ async def _run(runner: Runner, session_id: str, text: str = "go", **meta: Any) -
 
 
 async def _only_task(store: TaskStore) -> str:
-    keys = [k.decode() async for k in store.client.scan_iter(f"{store.key_prefix}task:*")]
+    keys = [k.decode() async for k in store.client.scan_iter(store.keys.task("*"))]
     assert len(keys) == 1, keys
-    return keys[0].removeprefix(f"{store.key_prefix}task:")
+    return keys[0].removeprefix(store.keys.task(""))
 
 
 async def test_completed_run_is_recorded_with_progress(
@@ -99,7 +99,7 @@ async def test_completed_run_is_recorded_with_progress(
     assert record["model_calls"] == "2" and record["tool_calls"] == "1"
     assert record["current_agent"] == "weather" and float(record["last_event_at"]) > 0
     assert len(await terminal_events(store, task_id)) == 1
-    assert not await store.client.hexists(f"{store.key_prefix}plugin-running", task_id)
+    assert not await store.client.hexists(store.keys.plugin_running, task_id)
 
 
 @pytest.mark.parametrize(
@@ -272,7 +272,7 @@ async def test_plugin_built_before_the_task_id_is_set_still_runs_supervised(
     assert record["tool_calls"] == "1" and record["invocation_id"] == events[-1].invocation_id
     assert await terminal_events(store, "sup-late") == []
     assert await _only_task(store) == "sup-late"  # no record of its own
-    assert await store.client.hlen(f"{store.key_prefix}plugin-running") == 0
+    assert await store.client.hlen(store.keys.plugin_running) == 0
 
 
 async def test_terminal_write_refused_by_redis_is_retried_until_it_lands(
@@ -301,7 +301,7 @@ async def test_terminal_write_refused_by_redis_is_retried_until_it_lands(
             await asyncio.sleep(0.02)
     assert len(await terminal_events(store, "t-retry")) == 1
     async with asyncio.timeout(30):
-        while await store.client.hexists(f"{store.key_prefix}plugin-running", "t-retry"):
+        while await store.client.hexists(store.keys.plugin_running, "t-retry"):
             await asyncio.sleep(0.02)
 
 
@@ -323,7 +323,7 @@ async def test_duplicate_task_id_leaves_the_live_invocation_alone(
         while (await store.get("dup") or {}).get("tool_calls") != "1":
             await asyncio.sleep(0.02)
     before = await store.get("dup")
-    index = f"{store.key_prefix}plugin-running"
+    index = store.keys.plugin_running
     with caplog.at_level(logging.WARNING, logger="adk_supervisor"):
         runner = _runner(weather_agent(), second, sessions)
         await _run(runner, "s2", **{TASK_ID_METADATA_KEY: "dup"})

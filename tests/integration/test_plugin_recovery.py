@@ -69,8 +69,8 @@ async def _killed_holder(spawn: Any, redis_url: str, key_prefix: str, n: int) ->
     holder = spawn("hold", redis_url, key_prefix, str(n))
     assert await _line(holder) == "READY"
     client = aioredis.Redis.from_url(redis_url)
-    owner = (await client.hget(f"{key_prefix}task:hold-0", "owner") or b"").decode()
-    assert (await client.hget(f"{key_prefix}task:hold-0", "state")) == b"running"
+    owner = (await client.hget(f"{key_prefix}{{{key_prefix}}}task:hold-0", "owner") or b"").decode()
+    assert (await client.hget(f"{key_prefix}{{{key_prefix}}}task:hold-0", "state")) == b"running"
     await client.aclose()
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
@@ -105,7 +105,7 @@ async def test_kill9_process_tasks_are_failed_sealed_and_session_usable(
             assert record is not None and record["reason"].startswith("recovered: process")
             assert owner in record["reason"] and record["recovered_by"] == recoverer.owner
             assert len(await terminal_events(store, f"hold-{i}")) == 1
-        assert await store.client.hlen(f"{key_prefix}plugin-running") == 0
+        assert await store.client.hlen(store.keys.plugin_running) == 0
 
         # The killed invocation's tool call is answered as ADK's abort answers it.
         session = await sessions.get_session(app_name="papp", user_id="u", session_id="s0")
@@ -146,7 +146,7 @@ async def test_two_processes_recovering_at_once_fail_each_task_exactly_once(
     for proc in recoverers:
         assert await _line(proc) == "WAITING"
     async with asyncio.timeout(60):  # the dead process's heartbeat expires
-        while await store.client.exists(f"{key_prefix}plugin-heartbeat:{owner}"):
+        while await store.client.exists(f"{key_prefix}{{{key_prefix}}}plugin-heartbeat:{owner}"):
             await asyncio.sleep(0.05)
     await store.client.lpush(go_key, "go", "go")  # both start recovering at the same moment
     results = [json.loads(await _line(proc)) for proc in recoverers]

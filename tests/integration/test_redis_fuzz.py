@@ -249,13 +249,13 @@ class Garbage:
         rng, k = self.rng, self.keys
         async with self.client.pipeline(transaction=False) as pipe:
             for task_id in rng.sample(self.task_ids, 4):
-                key = k.prefix.encode() + b"task:" + task_id
+                key = k.coordination.encode() + b"task:" + task_id
                 if rng.random() < 0.6:
                     pipe.delete(key)
                     pipe.hset(key, mapping=self.record())
                 else:
                     self.plant(pipe, key)
-                mark = k.prefix.encode() + b"abort-mark:" + task_id
+                mark = k.coordination.encode() + b"abort-mark:" + task_id
                 self.plant(pipe, mark, "string" if rng.random() < 0.5 else None)
             for task_id in protect:  # a real run's mark of a wrong type is no mark
                 self.plant(pipe, k.abort_mark(task_id), rng.choice(("hash", "list", "zset")))
@@ -280,8 +280,8 @@ class Garbage:
             else:
                 pipe.sadd(k.nodes, *rng.sample(self.nodes, 2), self.value())
             for node in rng.sample(self.nodes, 2):
-                self.plant(pipe, k.prefix.encode() + b"node:" + node + b":heartbeat")
-                tasks = k.prefix.encode() + b"node:" + node + b":tasks"
+                self.plant(pipe, k.coordination.encode() + b"node:" + node + b":heartbeat")
+                tasks = k.coordination.encode() + b"node:" + node + b":tasks"
                 if rng.random() < 0.5:
                     self.plant(pipe, tasks)
                 else:
@@ -297,7 +297,7 @@ class Garbage:
             else:
                 pipe.hset(k.plugin_running, rng.choice(self.task_ids), rng.choice(self.owners))
             for owner in rng.sample(self.owners, 2):
-                heartbeat = k.prefix.encode() + b"plugin-heartbeat:" + owner
+                heartbeat = k.coordination.encode() + b"plugin-heartbeat:" + owner
                 if rng.random() < 0.5:
                     self.plant(pipe, heartbeat)
                 else:
@@ -306,17 +306,17 @@ class Garbage:
             # a few lines, whose leases, queues and parked entries hold garbage.
             lines = [b"fz-line-%d" % i for i in range(3)]
             for task_id in rng.sample(self.task_ids, 4):
-                binding = k.prefix.encode() + b"task-session:" + task_id
+                binding = k.coordination.encode() + b"task-session:" + task_id
                 if rng.random() < 0.7:
                     pipe.set(binding, rng.choice(lines))
                 else:
                     self.plant(pipe, binding)
                 self.plant(
-                    pipe, k.prefix.encode() + b"parked:" + task_id, rng.choice(("hash", None))
+                    pipe, k.coordination.encode() + b"parked:" + task_id, rng.choice(("hash", None))
                 )
             for line in lines:
-                lease = k.prefix.encode() + b"session-lease:" + line
-                queue = k.prefix.encode() + b"session-queue:" + line
+                lease = k.coordination.encode() + b"session-lease:" + line
+                queue = k.coordination.encode() + b"session-queue:" + line
                 if rng.random() < 0.5:
                     pipe.set(lease, rng.choice(self.task_ids))
                 else:
@@ -365,8 +365,8 @@ async def _plant_broken_keys(garbage: Garbage, own_node: str) -> str:
         garbage.plant(pipe, keys.node_tasks(own_node), "hash")
         pipe.delete(keys.nodes)
         for node in garbage.nodes[:2]:
-            garbage.plant(pipe, keys.prefix.encode() + b"node:" + node + b":tasks", "string")
-            pipe.delete(keys.prefix.encode() + b"node:" + node + b":heartbeat")
+            garbage.plant(pipe, keys.coordination.encode() + b"node:" + node + b":tasks", "string")
+            pipe.delete(keys.coordination.encode() + b"node:" + node + b":heartbeat")
         pipe.sadd(keys.nodes, *garbage.nodes[:2], b"\xff\xfe")
         garbage.plant(pipe, keys.task("fz-no-hash"), "list")
         pipe.xadd(
@@ -417,7 +417,7 @@ async def test_the_daemon_serves_on_through_garbage_in_every_key(
     assert orphaned["state"] == "failed" and "zz-fz-dead-peer" in orphaned["reason"], orphaned
     # Each bad item it skipped is logged by name, once: nothing is retried for ever.
     wrong = "holds the wrong kind of value"
-    assert daemon.logged(f"{keys.prefix}node:aa-fz-node-0:tasks {wrong}")
+    assert daemon.logged(f"{keys.coordination}node:aa-fz-node-0:tasks {wrong}")
     assert daemon.logged(f"task {victim}: aborted not recorded: {keys.task(victim)} {wrong}")
     assert daemon.logged(f"{keys.node_tasks(daemon.node_id)} {wrong}")
     assert daemon.logged(f"{keys.task_history} {wrong}")
@@ -559,7 +559,7 @@ async def test_the_plugin_serves_on_through_garbage_in_every_key(
             pipe.delete(keys.plugin_running)
             for i, owner in enumerate(garbage.owners[:3]):
                 pipe.set(keys.task(f"fz-wrong-{i}"), b"garbage")
-                pipe.delete(keys.prefix.encode() + b"plugin-heartbeat:" + owner)
+                pipe.delete(keys.coordination.encode() + b"plugin-heartbeat:" + owner)
                 pipe.hset(keys.plugin_running, f"fz-wrong-{i}", owner)
             pipe.hset(keys.task("fz-dead-owner-run"), mapping={"state": "running"})
             pipe.hset(keys.plugin_running, "fz-dead-owner-run", "zz-fz-dead-owner")

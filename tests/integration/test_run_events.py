@@ -180,9 +180,11 @@ async def test_oversized_or_malformed_input_is_refused_with_a_clear_error(
         ({"message": "x" * (2 << 20)}, "over the limit"),
     ]:
         task = await client.submit(A + "weather_agent", "placeholder", user_id="u")
-        await client.client.hset(f"{key_prefix}task:{task}x", mapping={"state": "queued"})
+        await client.client.hset(
+            f"{key_prefix}{{{key_prefix}}}task:{task}x", mapping={"state": "queued"}
+        )
         await client.client.xadd(
-            f"{key_prefix}runs",
+            f"{key_prefix}{{{key_prefix}}}runs",
             {"task_id": f"{task}x", "app": A + "weather_agent", "user_id": "u", **fields},
         )
         record = await until_state(client, f"{task}x", "failed", timeout=30)

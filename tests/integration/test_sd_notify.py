@@ -24,11 +24,11 @@ from .daemon_harness import Daemon
 
 def _submit(client: redis.Redis, prefix: str, task: str, timeout_s: float | None) -> str:
     """Queues a slow run the way SupervisorClient does (record, then stream entry)."""
-    client.hset(f"{prefix}task:{task}", mapping={"task_id": task, "state": "queued"})
+    client.hset(f"{prefix}{{{prefix}}}task:{task}", mapping={"task_id": task, "state": "queued"})
     entry = {"task_id": task, "app": "examples.agents:slow_agent", "user_id": "u", "message": "go"}
     if timeout_s is not None:
         entry["timeout"] = str(timeout_s)
-    client.xadd(f"{prefix}runs", entry)  # type: ignore[arg-type]
+    client.xadd(f"{prefix}{{{prefix}}}runs", entry)  # type: ignore[arg-type]
     return task
 
 
@@ -111,7 +111,7 @@ def test_daemon_lifecycle_under_fake_systemd(
     dead.wait()
     admin = redis.Redis.from_url(private_redis.url, decode_responses=True)
     admin.hset(
-        f"{prefix}task:orphan",
+        f"{prefix}{{{prefix}}}task:orphan",
         mapping={
             "state": "running",
             "node_id": node,
@@ -120,7 +120,7 @@ def test_daemon_lifecycle_under_fake_systemd(
             "start_ticks": 1,
         },
     )
-    admin.sadd(f"{prefix}node:{node}:tasks", "orphan")
+    admin.sadd(f"{prefix}{{{prefix}}}node:{node}:tasks", "orphan")
     daemon = Daemon(
         private_redis.url,
         prefix,
@@ -135,7 +135,7 @@ def test_daemon_lifecycle_under_fake_systemd(
     try:
         ready = systemd.wait_for("READY=1")
         assert "STATUS=0 running, 0 finished, redis ok" in ready
-        assert admin.hget(f"{prefix}task:orphan", "state") == "failed"
+        assert admin.hget(f"{prefix}{{{prefix}}}task:orphan", "state") == "failed"
         assert daemon.cli("status").returncode == 0  # the status socket is up too
 
         systemd.wait_for("WATCHDOG=1")
@@ -148,7 +148,7 @@ def test_daemon_lifecycle_under_fake_systemd(
             events = KeySchema(prefix).app("slow").session("u", task).events
             _until(lambda e=events: any("slow_lookup" in v for v in admin.hvals(e)))
         client.close()
-        leader = int(admin.hget(f"{prefix}task:{lives}", "pid") or 0)
+        leader = int(admin.hget(f"{prefix}{{{prefix}}}task:{lives}", "pid") or 0)
         private_redis.stop()
         systemd.wait_for("redis DOWN")
         # The watchdog proves the event loop turns, not that Redis answers: pings go on
@@ -163,10 +163,12 @@ def test_daemon_lifecycle_under_fake_systemd(
         assert daemon.logged("Redis back")
         # The run whose timeout passed during the outage was killed then; its end,
         # kept in the outbox, lands now.
-        _until(lambda: admin.hget(f"{prefix}task:{expires}", "state") == "timed_out")
+        _until(lambda: admin.hget(f"{prefix}{{{prefix}}}task:{expires}", "state") == "timed_out")
         # Its record says when it ended, not when the outbox got it written.
-        assert float(admin.hget(f"{prefix}task:{expires}", "ended_at") or "inf") < back_at
-        assert admin.hget(f"{prefix}task:{lives}", "state") == "running"
+        assert (
+            float(admin.hget(f"{prefix}{{{prefix}}}task:{expires}", "ended_at") or "inf") < back_at
+        )
+        assert admin.hget(f"{prefix}{{{prefix}}}task:{lives}", "state") == "running"
 
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)

@@ -72,7 +72,7 @@ async def test_daemon_runs_and_aborts_through_sentinel(
         await client.abort(held, "enough")
         assert (await client.wait(held, 30))["state"] == "aborted"
     with topology.node(topology.master_port()) as master:
-        assert master.hget(f"{key_prefix}task:{held}", "state") == b"aborted"
+        assert master.hget(f"{key_prefix}{{{key_prefix}}}task:{held}", "state") == b"aborted"
 
 
 async def test_daemon_follows_a_failover_during_a_run(
@@ -94,8 +94,8 @@ async def test_daemon_follows_a_failover_during_a_run(
         assert (await client.wait(held, 60))["state"] == "completed"
     heartbeat = KeySchema(key_prefix).node_heartbeat(daemon.node_id)
     with topology.node(new) as master:
-        assert master.hget(f"{key_prefix}task:{held}", "state") == b"completed"
-        assert master.hget(f"{key_prefix}task:{to_abort}", "state") == b"aborted"
+        assert master.hget(f"{key_prefix}{{{key_prefix}}}task:{held}", "state") == b"completed"
+        assert master.hget(f"{key_prefix}{{{key_prefix}}}task:{to_abort}", "state") == b"aborted"
         deadline = time.monotonic() + 30
         while True:
             raw = master.get(heartbeat)
@@ -106,7 +106,7 @@ async def test_daemon_follows_a_failover_during_a_run(
     # Once the old master follows the new one, what it holds is what the new one has.
     await asyncio.to_thread(topology.until_demoted, old)
     with topology.node(old) as demoted:
-        assert demoted.hget(f"{key_prefix}task:{held}", "state") == b"completed"
+        assert demoted.hget(f"{key_prefix}{{{key_prefix}}}task:{held}", "state") == b"completed"
 
 
 async def _append_until(

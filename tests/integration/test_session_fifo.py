@@ -60,10 +60,12 @@ async def _user_messages(sessions: RedisSessionService, session_id: str) -> list
 
 
 async def _line_keys(client: SupervisorClient) -> list[str]:
-    prefix = client.store.key_prefix
     found: list[str] = []
     for kind in ("session-lease", "session-queue", "task-session", "parked"):
-        found += [k.decode() async for k in client.client.scan_iter(f"{prefix}{kind}:*")]
+        found += [
+            k.decode()
+            async for k in client.client.scan_iter(f"{client.store.keys.coordination}{kind}:*")
+        ]
     return found
 
 

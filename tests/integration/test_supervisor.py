@@ -275,7 +275,7 @@ async def test_planted_record_with_foreign_pid_is_failed_and_process_untouched(
                 "start_ticks": ticks + 1,
             },
         )
-        await client.client.sadd(f"{client.store.key_prefix}node:{node}:tasks", "planted")
+        await client.client.sadd(client.store.keys.node_tasks(node), "planted")
         start_daemon(node_id=node)
         record = await until_state(client, "planted", "failed")
         assert record["reason"] == (

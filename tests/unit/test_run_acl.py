@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
+
 from redis.connection import parse_url
 
+from agent_runtime.keys import KeySchema
 from supervisor.run_acl import (
     RUN_COMMANDS,
     acl_glob_escape,
@@ -21,26 +24,26 @@ def test_a_run_is_confined_to_its_app_sessions_and_its_own_record() -> None:
     # Its record, its events stream, its tool-call journal, its workspace snapshot, and
     # read-only its epoch.
     own = [
-        "~adk:task:t-1",
-        "~adk:events:t-1",
-        "~adk:tool-journal:t-1",
-        "~adk:workspace-snapshot:t-1",
-        "%R~adk:task-epoch:t-1",
+        "~adk:{adk:}task:t-1",
+        "~adk:{adk:}events:t-1",
+        "~adk:{adk:}tool-journal:t-1",
+        "~adk:{adk:}workspace-snapshot:t-1",
+        "%R~adk:{adk:}task-epoch:t-1",
     ]
     assert run_key_patterns("adk:", "t-1", "weather") == ["~adk:{weather}:*", *own]
     # An import path: the daemon cannot know the ADK name, so every app's sessions.
-    assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*", *own]
+    assert run_key_patterns("adk:", "t-1", None) == ["~adk:{*}:*", *own]
 
 
 def test_glob_characters_in_a_prefix_or_app_match_only_themselves() -> None:
     assert acl_glob_escape("a*b?[c]\\") == "a\\*b\\?\\[c\\]\\\\"
     assert run_key_patterns("x*:", "t", "app") == [
         "~x\\*:{app}:*",
-        "~x\\*:task:t",
-        "~x\\*:events:t",
-        "~x\\*:tool-journal:t",
-        "~x\\*:workspace-snapshot:t",
-        "%R~x\\*:task-epoch:t",
+        "~x\\*:{x\\*:}task:t",
+        "~x\\*:{x\\*:}events:t",
+        "~x\\*:{x\\*:}tool-journal:t",
+        "~x\\*:{x\\*:}workspace-snapshot:t",
+        "%R~x\\*:{x\\*:}task-epoch:t",
     ]
     # App names are percent-encoded in keys: "{", "}" and ":" cannot move the hash tag.
     assert run_key_patterns("adk:", "t", "a}b")[0] == "~adk:{a%7Db}:*"
@@ -64,8 +67,41 @@ def test_commands_that_reach_beyond_the_run_are_not_granted() -> None:
 
 def test_shared_rules_cover_every_session_and_task_record() -> None:
     rules = shared_rules("adk:")
-    assert "~adk:{*" in rules and "~adk:task:*" in rules and "resetchannels" in rules
-    assert "~adk:events:*" in rules
+    assert "~adk:{*}:*" in rules and "~adk:{adk:}task:*" in rules and "resetchannels" in rules
+    assert "~adk:{adk:}events:*" in rules
+
+
+def test_no_session_pattern_reaches_a_coordination_key() -> None:
+    # The coordination keys share the tag {<prefix>}; the session patterns, of one app or
+    # of all, must still refuse them: the runs stream, node keys, other runs' lines...
+    keys = KeySchema("adk:")
+    coordination = [
+        keys.runs,
+        keys.nodes,
+        keys.node_heartbeat("n-1"),
+        keys.abort_mark("t-2"),
+        keys.task_history,
+        keys.session_lease("weather", "u:1", "s}:x"),
+        keys.session_queue("weather", "u", "s"),
+        keys.task_session("t-1"),
+        keys.task_resume("t-1"),
+        keys.parked_run("t-1"),
+        keys.plugin_running,
+        keys.task("t-2"),
+    ]
+    patterns = [
+        run_key_patterns("adk:", "t-1", "weather")[0],
+        run_key_patterns("adk:", "t-1", None)[0],
+        run_key_patterns("adk:", "t-1", "adk:")[0],
+        *(p for p in shared_rules("adk:") if p.startswith("~{") or p == "~adk:{*}:*"),
+    ]
+    for pattern in patterns:
+        for key in coordination:
+            assert not fnmatchcase(key, pattern[1:]), (pattern, key)
+    # ...and still grant the sessions.
+    session = keys.app("weather").session("u:1", "s").meta
+    assert fnmatchcase(session, run_key_patterns("adk:", "t-1", "weather")[0][1:])
+    assert fnmatchcase(session, run_key_patterns("adk:", "t-1", None)[0][1:])
 
 
 def test_run_urls_carry_the_run_user_and_keep_the_rest() -> None:
