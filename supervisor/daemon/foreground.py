@@ -16,6 +16,7 @@ from ..errors import StateDirLocked, StateDirUnusable
 from ..ops.redis_server import RedisServer
 from ..ops.state_lock import StateDirLock
 from .durability import check_durable_apps
+from .fd_budget import raise_fd_limit
 from .node import Supervisor
 
 __all__ = ["run_foreground"]
@@ -26,6 +27,9 @@ log = logging.getLogger("adk_supervisor")
 def run_foreground(settings: Settings, redis_url: str | None) -> None:
     """Serves until SIGTERM or SIGINT; the runs are killed (or drained) and recorded first."""
     check_durable_apps(settings)
+    # Before anything opens a descriptor or forks: the fork server, the runs and an
+    # embedded Redis inherit the raised limit.
+    raise_fd_limit(settings)
     lock = StateDirLock(settings.state_dir)
     try:
         lock.acquire()
