@@ -235,11 +235,11 @@ def _start_daemon(
 def _submit(client: redis.Redis, prefix: str, task_id: str) -> None:
     # What SupervisorClient.submit does, in the synchronous API.
     client.hset(
-        f"{prefix}task:{task_id}",
+        f"{prefix}{{{prefix}}}task:{task_id}",
         mapping={"task_id": task_id, "state": "queued", "created_at": repr(time.time())},
     )
     client.xadd(
-        f"{prefix}runs",
+        f"{prefix}{{{prefix}}}runs",
         {"task_id": task_id, "app": SETSID_AGENT, "user_id": "bench", "message": "go"},
     )
 

@@ -87,11 +87,11 @@ def _submit(client: redis.Redis, prefix: str) -> str:
     task_id = uuid.uuid4().hex
     now = repr(time.time())
     client.hset(
-        f"{prefix}task:{task_id}",
+        f"{prefix}{{{prefix}}}task:{task_id}",
         mapping={"task_id": task_id, "state": "queued", "app": "slow", "created_at": now},
     )
     client.xadd(
-        f"{prefix}runs",
+        f"{prefix}{{{prefix}}}runs",
         {"task_id": task_id, "app": "slow", "message": "go", "user_id": "u", "session_id": task_id},
     )
     return task_id
@@ -107,7 +107,7 @@ def _wait_running(
             raise SystemExit(f"only {len(pids)} of {len(ids)} runs started")
         for task_id in ids:
             if task_id not in pids:
-                state, pid = client.hmget(f"{prefix}task:{task_id}", "state", "pid")
+                state, pid = client.hmget(f"{prefix}{{{prefix}}}task:{task_id}", "state", "pid")
                 if state == b"running" and pid:
                     pids[task_id] = int(pid)
         time.sleep(0.1)

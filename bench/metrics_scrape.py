@@ -104,9 +104,9 @@ def main() -> None:
             url = found[1]
             for n in range(args.runs + args.queued):
                 task_id = uuid.uuid4().hex
-                client.hset(f"{prefix}task:{task_id}", mapping={"state": "queued"})
+                client.hset(f"{prefix}{{{prefix}}}task:{task_id}", mapping={"state": "queued"})
                 client.xadd(
-                    f"{prefix}runs",
+                    f"{prefix}{{{prefix}}}runs",
                     {"task_id": task_id, "app": "slow", "user_id": f"u{n}", "message": "go"},
                 )
             deadline = time.monotonic() + 300

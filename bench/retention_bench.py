@@ -117,7 +117,7 @@ async def _measure(r: aioredis.Redis, prefix: str, log_dir: Path) -> dict[str, i
     return {
         "used_memory": int(memory["used_memory"]),
         "keys": int(await r.dbsize()),
-        "history": int(await r.xlen(f"{prefix}task-history")),
+        "history": int(await r.xlen(f"{prefix}{{{prefix}}}task-history")),
         "log_files": files,
         "log_bytes": size,
     }

@@ -28,6 +28,7 @@ from agent_runtime import (
     RedisOrchestrationPlugin,
     RedisSessionService,
 )
+from agent_runtime.keys import KeySchema
 
 from .scripted_llm import ScriptedLlm
 
@@ -92,7 +93,8 @@ async def main(redis_url: str, key_prefix: str = "adk-example:") -> None:
     await run(slow, "example-timed-out", **{TIMEOUT_METADATA_KEY: 1})
 
     for task_id in ("example-done", "example-aborted", "example-timed-out"):
-        record = await publisher.hgetall(f"{key_prefix}task:{task_id}")
+        # The record's key: <prefix>{<prefix>}task:<id> (one hash tag for every supervisor key).
+        record = await publisher.hgetall(KeySchema(key_prefix).task(task_id))
         fields = {k.decode(): v.decode() for k, v in record.items()}
         print(task_id, fields["state"], "-", fields.get("reason"))
     await publisher.aclose()

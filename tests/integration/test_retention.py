@@ -66,7 +66,7 @@ async def _footprint(r: aioredis.Redis, prefix: str, log_dir: Path) -> Footprint
     return Footprint(
         len(keys),
         sum(s or 0 for s in sizes),
-        sum(1 for k in keys if k.startswith(f"{prefix}events:")),
+        sum(1 for k in keys if k.startswith(f"{prefix}{{{prefix}}}events:")),
         int(await r.xlen(f"{prefix}{{{prefix}}}task-history")),
         len(users),
         log_files,

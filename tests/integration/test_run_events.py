@@ -202,7 +202,8 @@ async def test_a_forged_end_in_the_stream_does_not_end_a_reader(
     await until_state(client, handle.task_id, "running")
     fake = {"task_id": handle.task_id, "state": "completed", "at": 0, "detail": {}}
     await client.client.xadd(
-        f"{key_prefix}events:{handle.task_id}", {"type": "state", "data": json.dumps(fake)}
+        f"{key_prefix}{{{key_prefix}}}events:{handle.task_id}",
+        {"type": "state", "data": json.dumps(fake)},
     )
     await client.abort(handle.task_id, "real end")
     entries = await _all(client, handle.task_id)
