@@ -51,6 +51,10 @@ RUN_COMMANDS: Final = (
     "ping",
     "hello",
     "select",
+    # redis-py's Redis Cluster client: the slot map, and the command table it finds keys
+    # with (both read-only metadata).
+    "cluster|slots",
+    "command",
     # The session service's and the task store's scripts, loaded on first use.
     "evalsha",
     "script|load",

@@ -24,12 +24,18 @@ from redis.crc import key_slot
 
 from agent_runtime import RedisOrchestrationPlugin, RedisSessionService
 from agent_runtime.keys import AppKeys, KeySchema
-from agent_runtime.redis_connection import connect, explain_redis_error
+from agent_runtime.redis_connection import (
+    RedisUnavailableError,
+    connect,
+    explain_redis_error,
+    translate_redis_errors,
+)
 from agent_runtime.redis_url import describe_topology, parse_cluster_url, redact_url
 from agent_runtime.sessions.service import FencedWriteError
 from agent_runtime.task_store import TaskStore
 from supervisor.client import SupervisorClient
-from supervisor.run_acl import explain_run_credentials, with_credentials
+from supervisor.ops.redis_server import RedisServer
+from supervisor.run_acl import explain_run_credentials, shared_rules, with_credentials
 
 from ..cluster_topology import ClusterTopology
 from .daemon_harness import ROOT, Daemon, until_state
@@ -269,3 +275,60 @@ def test_moved_through_a_plain_url_is_explained() -> None:
     moved = redis.exceptions.MovedError("3999 127.0.0.1:7001")
     assert "is a Redis Cluster node" in (explain_redis_error(moved, "redis://h:7000") or "")
     assert "moving slots" in (explain_redis_error(moved, "redis+cluster://h:7000") or "")
+
+
+def test_a_daemon_given_a_replica_stops_at_start_and_says_why(
+    redis_server: RedisServer, start_daemon: Callable[..., Daemon]
+) -> None:
+    replica = RedisServer(tcp=True, extra_args=("--replicaof", "127.0.0.1", str(redis_server.port)))
+    replica.start()
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            start_daemon(url=replica.tcp_url)
+        assert f"{replica.tcp_url} is a read-only replica" in str(refused.value)
+    finally:
+        replica.cleanup()
+
+
+async def test_cluster_replies_of_a_failover_reach_callers_as_unavailable() -> None:
+    # What redis-py raises when a cluster is resharding or failing over, or when its
+    # retries ran out: each is an outage to retry, never a raw cluster exception.
+    for error in (
+        redis.exceptions.MovedError("3999 127.0.0.1:7001"),
+        redis.exceptions.AskError("3999 127.0.0.1:7001"),
+        redis.exceptions.TryAgainError("TRYAGAIN"),
+        redis.exceptions.ClusterDownError("CLUSTERDOWN The cluster is down"),
+        redis.exceptions.SlotNotCoveredError("slot 3999 not covered"),
+        redis.exceptions.ClusterError("TTL exhausted."),
+        redis.exceptions.MaxConnectionsError("Too many connections"),
+    ):
+        with pytest.raises(RedisUnavailableError):
+            async with translate_redis_errors("redis+cluster://h:7000"):
+                raise error
+    with pytest.raises(redis.exceptions.ClusterCrossSlotError):  # a bug: not retried
+        async with translate_redis_errors("redis+cluster://h:7000"):
+            raise redis.exceptions.ClusterCrossSlotError("CROSSSLOT")
+
+
+def test_runs_connect_as_a_shared_confined_user_made_on_every_node(
+    redis_cluster: ClusterTopology, start_daemon: Callable[..., Daemon], key_prefix: str
+) -> None:
+    # What check-config tells an operator to do on a cluster: the same user on every node.
+    user, password = f"runs-{key_prefix.rstrip(':')}", "s3cret-run"
+    for port in redis_cluster.ports:
+        with redis_cluster.node(port) as node:
+            node.execute_command("ACL", "SETUSER", user, f">{password}", *shared_rules(key_prefix))
+    try:
+        nodes = ",".join(f"127.0.0.1:{p}" for p in redis_cluster.ports[:2])
+        daemon = start_daemon(
+            url=redis_cluster.url(),
+            ADK_SUPERVISOR_RUN_REDIS_URL=f"redis+cluster://{user}:{password}@{nodes}",
+        )
+        done = daemon.cli("--redis-url", redis_cluster.url(), "submit", A + "weather_agent", "hi",
+                          "--user-id", "u", "--wait", "--json")  # fmt: skip
+        assert json.loads(done.stdout)["state"] == "completed", done.stdout + done.stderr
+        assert "run credentials: shared" in daemon.log()
+    finally:
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                node.execute_command("ACL", "DELUSER", user)
