@@ -13,7 +13,9 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from google.adk.apps import App
@@ -39,7 +41,9 @@ from supervisor.run_acl import explain_run_credentials, shared_rules, with_crede
 
 from ..cluster_topology import ClusterTopology
 from .daemon_harness import ROOT, Daemon, until_state
+from .gateway_harness import EXAMPLE_APPS, GatewayProcess
 from .plugin_agents import ToolGate, slow_agent, weather_agent
+from .sse import frames
 
 pytestmark = pytest.mark.anyio
 
@@ -332,3 +336,41 @@ def test_runs_connect_as_a_shared_confined_user_made_on_every_node(
         for port in redis_cluster.ports:
             with redis_cluster.node(port) as node:
                 node.execute_command("ACL", "DELUSER", user)
+
+
+async def test_the_gateway_runs_streams_and_shows_the_console_on_the_cluster(
+    redis_cluster: ClusterTopology,
+    start_daemon: Callable[..., Daemon],
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    url = redis_cluster.url()
+    start_daemon(url=url, ADK_SUPERVISOR_APPS=json.dumps(EXAMPLE_APPS))
+    gateway = GatewayProcess(url, key_prefix, tmp_path / "gateway" / "gateway.log")
+    gateway.start()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+            made = await http.post("/apps/weather/users/u/sessions", json={"sessionId": "s1"})
+            assert made.status_code == 200, made.text
+            body = {
+                "appName": "weather",
+                "userId": "u",
+                "sessionId": "s1",
+                "newMessage": {"role": "user", "parts": [{"text": "weather?"}]},
+            }
+            async with http.stream("POST", "/run_sse", json=body) as reply:
+                assert reply.status_code == 200
+                task_id = reply.headers["x-adk-task-id"]
+                got = [f async for f in frames(reply) if f.comment is None]
+            assert len(got) == 3, got
+            assert (await http.get(f"/runs/{task_id}")).json()["state"] == "completed"
+            state = (await http.get("/console/api/state")).json()
+            assert any(end["task_id"] == task_id for end in state["ended"]), state
+            # The console's live feed subscribes through one node of the cluster.
+            async with http.stream("GET", "/console/api/events") as events:
+                assert events.status_code == 200
+                async for frame in frames(events):
+                    if frame.event == "snapshot":
+                        break
+    finally:
+        gateway.stop()
