@@ -374,3 +374,29 @@ async def test_the_gateway_runs_streams_and_shows_the_console_on_the_cluster(
                         break
     finally:
         gateway.stop()
+
+
+async def test_a_durable_run_is_resumed_and_fenced_on_the_cluster(
+    redis_cluster: ClusterTopology,
+    start_daemon: Callable[..., Daemon],
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    # Each attempt dies by SIGKILL: the resume script (record, epoch, saved entry, runs
+    # stream, session lease) runs on the coordination slot, the run's fenced writes too.
+    log = tmp_path / "tools.log"
+    apps = {
+        "poison": {
+            "ref": "tests.integration.durable_agents:poison_app",
+            "on_orphan": "resume",
+            "max_attempts": 2,
+        }
+    }
+    url = redis_cluster.url()
+    start_daemon(url=url, ADK_SUPERVISOR_APPS=json.dumps(apps), DURABLE_TEST_LOG=str(log))
+    async with SupervisorClient(url, key_prefix) as client:
+        task = await client.submit("poison", "go", user_id="u")
+        record = await until_state(client, task, "failed")
+    assert record["attempt"] == "2" and record["epoch"] == "1", record
+    assert "max_attempts" in record["reason"], record
+    assert len([line for line in log.read_text().splitlines() if "poison call" in line]) == 2
