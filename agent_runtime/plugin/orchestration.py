@@ -51,6 +51,7 @@ from ..run_spec import TASK_ENV
 from ..sessions.sealing import seal_task_session
 from ..task_store import TaskState, TaskStore, parse_abort_payload
 from ._abort_hub import AbortHandler, AbortHub, acquire_abort_hub
+from ._progress import ProgressWriter
 from ._tasks import stop_task
 from .recovery import ProcessHeartbeat, drop_owned, new_owner_id, recover_dead
 
@@ -81,8 +82,6 @@ class _Invocation:
     tool_calls: int = 0
     last_event_at: float | None = None
     error: str | None = None
-    dirty: bool = False
-    flusher: asyncio.Task[None] | None = None
     # The task driving run_async, and the done-callback watching it for a cancel.
     caller: tuple[asyncio.Task[Any], Callable[[asyncio.Task[Any]], None]] | None = None
 
@@ -166,6 +165,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         self._given_client = redis_client
         self._client: aioredis.Redis | None = None
         self._store: TaskStore | None = None
+        self._progress: ProgressWriter | None = None
         self._aborts: AbortHub | None = None
         self._heartbeat: ProcessHeartbeat | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -207,6 +207,7 @@ class RedisOrchestrationPlugin(BasePlugin):
         # Resources of a previous (closed) event loop cannot be reused here.
         self._client = self._given_client or connect(self.redis_url)
         self._store = TaskStore(self._client, self.key_prefix)
+        self._progress = ProgressWriter(self._client, self._store.keys)
         if self.supervised_task_id is not None:
             return []
         if self.enable_abort:
@@ -285,6 +286,9 @@ class RedisOrchestrationPlugin(BasePlugin):
         if self._heartbeat is not None:
             await self._heartbeat.stop()
             self._heartbeat = None
+        if self._progress is not None:
+            await self._progress.close()
+            self._progress = None
         if self._aborts is not None:
             await self._aborts.release()
             self._aborts = None
@@ -331,20 +335,8 @@ class RedisOrchestrationPlugin(BasePlugin):
 
     def _touch(self, inv: _Invocation) -> None:
         """Schedules a progress write; writes coalesce and never block the agent."""
-        if self._store is None or inv.foreign:
-            return
-        inv.dirty = True
-        if inv.flusher is None or inv.flusher.done():
-            inv.flusher = asyncio.get_running_loop().create_task(self._flush(inv))
-
-    async def _flush(self, inv: _Invocation) -> None:
-        while inv.dirty and self._store is not None:
-            inv.dirty = False
-            try:
-                await self._store.update(inv.task_id, inv.progress())
-            except REDIS_ERRORS as exc:
-                log.debug("task %s: progress not written (%s)", inv.task_id, exc)
-                return
+        if self._progress is not None and not inv.foreign:
+            self._progress.mark(inv.task_id, inv.progress)
 
     async def _register(self, inv: _Invocation) -> None:
         """Creates the ``running`` record and sets ``inv.owned``, or ``inv.foreign`` for a duplicate."""
@@ -411,9 +403,6 @@ class RedisOrchestrationPlugin(BasePlugin):
             inv.caller[0].remove_done_callback(inv.caller[1])
         if self._aborts is not None:
             self._aborts.unregister(inv.task_id, self._handlers.pop(id(inv), _noop))
-        if inv.flusher is not None and not inv.flusher.done():
-            with contextlib.suppress(Exception):
-                await inv.flusher
         if self._store is None or inv.foreign:
             return
         fields: dict[str, object] = {
@@ -423,9 +412,16 @@ class RedisOrchestrationPlugin(BasePlugin):
         if inv.error:
             fields["error"] = inv.error[-4000:]
         if not inv.owned:
+            # Not a terminal write: a progress write landing after it would undo it.
+            if self._progress is not None:
+                await self._progress.settle(inv.task_id)
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._store.update(inv.task_id, fields)
             return
+        # The terminal write does not wait for progress: a progress write still in
+        # flight cannot land on a terminal record.
+        if self._progress is not None:
+            self._progress.forget(inv.task_id)
         # The end time is taken now, not when a retry finally lands.
         write = _TerminalWrite(state, {**fields, "reason": reason, "ended_at": repr(time.time())})
         try:
