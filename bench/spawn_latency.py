@@ -1,20 +1,24 @@
-"""Spawn-latency benchmark: submit -> the first line of the agent's own code runs.
+"""Spawn benchmark: submit -> the first line of the agent's own code, and runs per second.
 
-Runs N (default 10) runs, one at a time, of this module's ``stamp_agent`` (a
-``BaseAgent`` whose first line writes ``time.time()`` to a file) under a real
-supervisor daemon on a private ``redis-server``, and splits each run's latency:
+Under a real supervisor daemon on a private ``redis-server``, with this
+module's ``stamp_agent`` (a ``BaseAgent`` whose first line writes
+``time.time()`` to a file) configured in ``[apps]``:
 
-* submit -> ``starting`` written (the daemon took the run off the stream);
-* submit -> the agent's first line (fork + exec + Python start + ADK import +
-  app import + Runner + session creation);
-* end to end: submit -> ``completed`` visible to the client.
+* latency: N (default 20) runs one at a time, each split into submit ->
+  ``starting`` written (the daemon took the run off the stream), submit -> the
+  agent's first line (spawn, Runner, session), and submit -> ``completed``
+  visible to the client; p50 and p99 of each;
+* throughput (fork server only): ``--burst`` (default 300) runs submitted at
+  once through the public client (``SupervisorClient.submit``, all in flight
+  together), every one to ``completed`` (a process per run, records written):
+  runs/s = burst / (last ``ended_at`` - first submit).
 
 As the peer, in the same run: a bare ``python -c`` that imports ADK and this
 module and stamps the time, with no supervisor: the cold-start floor that any
 spawner which execs a fresh interpreter pays.
 
-    .venv/bin/python bench/spawn_latency.py            # 10 runs
-    .venv/bin/python bench/spawn_latency.py --runs 20 --json
+    .venv/bin/python bench/spawn_latency.py                 # 20 runs, burst of 300
+    .venv/bin/python bench/spawn_latency.py --runs 50 --burst 600 --no-exec --json
 """
 
 from __future__ import annotations
@@ -80,7 +84,79 @@ def _bare_floor(runs: int) -> list[float]:
     return out
 
 
-async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict[str, float]]:
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of ``pid`` itself and of its children it reaped (utime+stime, cutime+cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _cpu_shares(daemon: int, redis: int) -> dict[str, tuple[float, float]]:
+    """Who burns the CPU: the daemon, the runs it reaped, the fork server (and the
+    intermediates it reaped), redis-server, this client."""
+    server = next(
+        (
+            int(p)
+            for p in os.listdir("/proc")
+            if p.isdigit()
+            and Path(f"/proc/{p}/cmdline").exists()
+            and b"agent_runtime.fork_server" in Path(f"/proc/{p}/cmdline").read_bytes()
+            and f"PPid:\t{daemon}\n" in Path(f"/proc/{p}/status").read_text()
+        ),
+        None,
+    )
+    shares = {"daemon": _cpu_s(daemon), "redis": _cpu_s(redis), "client": _cpu_s(os.getpid())}
+    if server is not None:
+        shares["fork_server"] = _cpu_s(server)
+    return shares
+
+
+async def _burst(
+    client: SupervisorClient, count: int, daemon: int, redis: int
+) -> dict[str, float]:
+    """Submits ``count`` runs at once; runs/s until the last one's ``ended_at``."""
+    before = _cpu_shares(daemon, redis)
+    t0 = time.time()
+    tasks = await asyncio.gather(
+        *(client.submit("stamp", "go", user_id="bench") for _ in range(count))
+    )
+    submitted = time.time()
+    deadline = t0 + 30 + count  # generous: a second per run is 30x slower than today
+    while True:
+        records = await client.store.get_many(tasks)
+        if all(r is not None and r.get("state") in ("completed", "failed") for r in records):
+            break
+        if time.time() > deadline:
+            states = [r.get("state") if r else None for r in records]
+            raise SystemExit(f"burst not done after {deadline - t0:.0f}s: {states}")
+        await asyncio.sleep(0.02)
+    failed = [r for r in records if r is None or r.get("state") != "completed"]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {count} runs did not complete: {failed[:3]}")
+    last = max(float(r["ended_at"]) for r in records if r is not None)
+    after = _cpu_shares(daemon, redis)
+    per_run = {
+        f"{name}_cpu_ms_per_run": (after[name][0] - before[name][0]) * 1000 / count
+        for name in after
+        if name in before
+    }
+    per_run["runs_cpu_ms_per_run"] = (after["daemon"][1] - before["daemon"][1]) * 1000 / count
+    if "fork_server" in after and "fork_server" in before:
+        per_run["intermediates_cpu_ms_per_run"] = (
+            (after["fork_server"][1] - before["fork_server"][1]) * 1000 / count
+        )
+    return {
+        **per_run,
+        "runs": count,
+        "submit_all_s": submitted - t0,
+        "elapsed_s": last - t0,
+        "runs_per_s": count / (last - t0),
+    }
+
+
+async def _measure(
+    url: str, redis: int, runs: int, burst: int, slots: int, stamp_dir: Path, mode: str
+) -> tuple[list[dict[str, float]], dict[str, float] | None]:
     prefix = f"bench-{uuid.uuid4().hex[:6]}:"
     state = Path(tempfile.mkdtemp(prefix="spawn-bench-"))
     env = {
@@ -88,6 +164,7 @@ async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict
         "PYTHONPATH": f"{ROOT}:{ROOT / 'bench'}",
         "ADK_SUPERVISOR_KEY_PREFIX": prefix,
         "ADK_SUPERVISOR_STATE_DIR": str(state),
+        "ADK_SUPERVISOR_MAX_CONCURRENT_RUNS": str(slots),
         STAMP_DIR_ENV: str(stamp_dir),
         "ADK_SUPERVISOR_SPAWN_MODE": mode,
         # A configured app: the fork server preloads it.
@@ -102,12 +179,15 @@ async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict
         stderr=subprocess.STDOUT,
     )
     samples = []
+    throughput = None
     try:
         while "ready:" not in (state / "daemon.log").read_text(errors="replace"):
             if daemon.poll() is not None:
                 raise SystemExit((state / "daemon.log").read_text())
             await asyncio.sleep(0.05)
         async with SupervisorClient(url, prefix) as client:
+            # One run first: the fork server answers only once it preloaded.
+            await client.wait(await client.submit("stamp", "warm", user_id="bench"), 120)
             for _ in range(runs):
                 t0 = time.time()
                 task = await client.submit("stamp", "go", user_id="bench")
@@ -122,63 +202,105 @@ async def _measure(url: str, runs: int, stamp_dir: Path, mode: str) -> list[dict
                         "end_to_end": t_end - t0,
                     }
                 )
+            if burst:
+                throughput = await _burst(client, burst, daemon.pid, redis)
     finally:
         daemon.terminate()
         daemon.wait(30)
         shutil.rmtree(state, ignore_errors=True)
-    return samples
+    return samples, throughput
+
+
+def _ms(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=20, help="runs one at a time, per spawner")
+    parser.add_argument("--burst", type=int, default=300, help="runs at once (fork server)")
+    parser.add_argument("--slots", type=int, default=64, help="the daemon's max_concurrent_runs")
+    parser.add_argument("--no-exec", action="store_true", help="skip the exec spawner")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
+    load = os.getloadavg()
+    modes = ("fork-server",) if args.no_exec else ("fork-server", "exec")
     with tempfile.TemporaryDirectory() as stamps, RedisServer() as server:
-        bare = _bare_floor(args.runs)
+        bare = _bare_floor(min(args.runs, 5))
         by_mode = {
-            mode: asyncio.run(_measure(server.url, args.runs, Path(stamps), mode))
-            for mode in ("fork-server", "exec")
+            mode: asyncio.run(
+                _measure(
+                    server.url,
+                    server.pid or 0,
+                    args.runs,
+                    args.burst if mode == "fork-server" else 0,
+                    args.slots,
+                    Path(stamps),
+                    mode,
+                )
+            )
+            for mode in modes
         }
 
-    def p50_ms(values: list[float]) -> float:
-        return statistics.median(values) * 1000
-
-    report: dict[str, object] = {
+    report: dict[str, Any] = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Linux {platform.release()}, "
         f"Python {platform.python_version()}",
+        "load_avg_1m_at_start": round(load[0], 2),
         "runs": args.runs,
-        "bare_python_import_adk_ms_p50": p50_ms(bare),
+        "bare_python_import_adk_ms_p50": _ms(bare, 0.5),
     }
-    for mode, samples in by_mode.items():
-        report[mode] = {
-            "submit_to_starting_ms_p50": p50_ms([s["to_starting"] for s in samples]),
-            "submit_to_first_line_ms_p50": p50_ms([s["to_first_line"] for s in samples]),
-            "submit_to_completed_ms_p50": p50_ms([s["end_to_end"] for s in samples]),
-        }
+    for mode, (samples, throughput) in by_mode.items():
+        row: dict[str, Any] = {}
+        for key, name in (
+            ("to_starting", "submit_to_starting"),
+            ("to_first_line", "submit_to_first_line"),
+            ("end_to_end", "submit_to_completed"),
+        ):
+            values = [s[key] for s in samples]
+            row[f"{name}_ms_p50"] = _ms(values, 0.5)
+            row[f"{name}_ms_p99"] = _ms(values, 0.99)
+        if throughput is not None:
+            row["burst"] = throughput
+        report[mode] = row
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"# spawn latency, {report['date']}, {report['machine']}, {args.runs} runs each (p50 ms)")
     print(
-        f"{'spawner':<14}{'submit->starting':>18}{'submit->first line':>20}{'submit->completed':>19}"
+        f"# spawn, {report['date']}, {report['machine']}, load {report['load_avg_1m_at_start']}, "
+        f"{args.runs} runs one at a time (ms, p50 / p99)"
     )
+    print(f"{'spawner':<14}{'submit->starting':>20}{'submit->first line':>22}{'->completed':>20}")
     for mode in by_mode:
-        row: Any = report[mode]
+        r = report[mode]
         print(
-            f"{mode:<14}{row['submit_to_starting_ms_p50']:>18.1f}"
-            f"{row['submit_to_first_line_ms_p50']:>20.1f}{row['submit_to_completed_ms_p50']:>19.1f}"
+            f"{mode:<14}"
+            + "".join(
+                f"{r[f'{n}_ms_p50']:>12.1f} /{r[f'{n}_ms_p99']:>7.1f}"
+                for n in ("submit_to_starting", "submit_to_first_line", "submit_to_completed")
+            )
         )
-    print(
-        f"bare interpreter importing ADK (no supervisor): {report['bare_python_import_adk_ms_p50']:.1f}"
-    )
-    fork: Any = report["fork-server"]
-    exe: Any = report["exec"]
-    print(
-        f"first line, exec / fork-server: "
-        f"{exe['submit_to_first_line_ms_p50'] / fork['submit_to_first_line_ms_p50']:.1f}x"
-    )
+        if "burst" in r:
+            b = r["burst"]
+            print(
+                f"  burst: {b['runs']} runs submitted at once (max_concurrent_runs {args.slots}): "
+                f"all completed in {b['elapsed_s']:.2f} s = {b['runs_per_s']:.1f} runs/s "
+                f"(submitting took {b['submit_all_s']:.2f} s)"
+            )
+            cpu = {k[: -len("_cpu_ms_per_run")]: v for k, v in b.items() if k.endswith("_per_run")}
+            print(
+                "  CPU ms per run: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+                + f" (sum {sum(cpu.values()):.1f}; 2 cores allow {2000 / sum(cpu.values()):.0f} runs/s)"
+            )
+    print(f"bare interpreter importing ADK (no supervisor): {report['bare_python_import_adk_ms_p50']:.1f}")
+    if "exec" in report:
+        fork, exe = report["fork-server"], report["exec"]
+        print(
+            f"first line, exec / fork-server: "
+            f"{exe['submit_to_first_line_ms_p50'] / fork['submit_to_first_line_ms_p50']:.1f}x"
+        )
 
 
 if __name__ == "__main__":

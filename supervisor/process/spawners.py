@@ -159,8 +159,10 @@ class ExecSpawner:
 class ForkServerSpawner:
     """Forks each run from a server that imported ADK and ``preload`` once.
 
-    The server starts on first use and again if it died; requests are
-    serialised (the server forks one run at a time, each in milliseconds).
+    The server starts on first use and again if it died. Spawns run in parallel:
+    each request goes out at once, and whichever spawn is waiting reads the
+    server's replies and hands each to the spawn it names (by task id); the
+    others wait for their own reply or for their turn to read.
     """
 
     name = "fork-server"
@@ -183,7 +185,10 @@ class ForkServerSpawner:
         self.server_pid: int | None = None
         self._server_pidfd: int | None = None
         self._sock: socket.socket | None = None
-        self._lock = anyio.Lock()
+        self._generation = 0  # bumped whenever the server is given up: its replies are void
+        self._replies: dict[str, dict[str, object] | None] = {}  # spawns in flight
+        self._reading = False  # a spawn is reading the socket for everyone
+        self._read = anyio.Event()  # set (and replaced) after each read
         self.restarts = 0
         """Times a lost server was replaced on the spawn path (the metrics read it)."""
 
@@ -215,83 +220,131 @@ class ForkServerSpawner:
         )
 
     async def spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
-        if len(spec.task_id.encode()) > MARKER_ROOM:
+        task_id = spec.task_id
+        if len(task_id.encode()) > MARKER_ROOM:
             raise SpawnError(f"task id longer than {MARKER_ROOM} bytes")
+        if task_id in self._replies:
+            raise SpawnError(f"task {task_id} is already being spawned")
         request = json.dumps(
             {
-                "task_id": spec.task_id,
-                "spec_path": str(spec_path(self.spec_dir, spec.task_id)),
+                "task_id": task_id,
+                "spec_path": str(spec_path(self.spec_dir, task_id)),
                 "cgroup": str(container.cgroup) if container.cgroup else None,
                 "limit_cgroups": [str(group) for group in container.limits.cgroups],
                 "rlimits": [list(pair) for pair in container.limits.rlimits],
                 "log": str(log_path),
             }
         ).encode()
-        async with self._lock:
-            for attempt in (1, 2):
-                if self._sock is None:
-                    self.start()
-                assert self._sock is not None
-                # Written for each attempt: a server that died may have taken the file.
-                spec.write(self.spec_dir)
+        for attempt in (1, 2):
+            if self._sock is None:
+                self.start()
+            generation = self._generation
+            # Written for each attempt: a server that died may have taken the file.
+            spec.write(self.spec_dir)
+            self._replies[task_id] = None
+            try:
                 try:
-                    self._sock.send(request)
-                except OSError as exc:  # the server died before it read anything: resend
-                    log.warning("fork server lost (%s); restarting it", exc)
-                    self.restarts += 1
-                    self.close()
-                    if attempt == 2:
-                        raise SpawnError(f"the fork server failed twice: {exc}") from exc
-                    continue
-                try:
-                    return await self._reply(spec.task_id)
+                    await self._send(request)
+                    answer = await self._reply(task_id, generation)
                 except _ServerGone as exc:
                     # A run it forked waits for "go", which a dead server never writes:
                     # nothing of this request runs, so asking a new server is safe.
-                    log.warning("fork server lost (%s); restarting it", exc)
-                    self.restarts += 1
-                    self.close()
+                    self._lost(generation, exc)
                     if attempt == 2:
                         raise SpawnError(f"the fork server failed twice: {exc}") from exc
+                    continue
                 except BaseException:
-                    # It may still fork this run and answer late: a server out of step
-                    # would hand the next run this one's PID. Never reuse it.
-                    self.close()
+                    # It may still fork this run and answer late, and start it: nobody
+                    # would watch it. Killing the server ends it unstarted (the other
+                    # spawns in flight retry on a new one).
+                    self._lost(generation, None)
                     raise
+            finally:
+                del self._replies[task_id]
+            if "pid" not in answer:
+                raise SpawnError(f"the fork server could not fork the run: {answer.get('error')}")
+            return int(str(answer["pid"]))
         raise AssertionError("unreachable")
 
-    async def _reply(self, task_id: str) -> int:
-        assert self._sock is not None
+    async def _send(self, request: bytes) -> None:
+        while True:
+            sock = self._sock
+            if sock is None:
+                raise _ServerGone("the fork server was given up before the request went out")
+            try:
+                sock.send(request)  # one datagram: concurrent sends never interleave
+                return
+            except BlockingIOError:
+                await anyio.wait_writable(sock)
+            except OSError as exc:  # the server died before it read anything: resend
+                raise _ServerGone(str(exc)) from exc
+
+    async def _reply(self, task_id: str, generation: int) -> dict[str, object]:
         try:
             with anyio.fail_after(self.reply_timeout_s):
                 while True:
-                    await anyio.wait_readable(self._sock)
-                    try:
-                        reply = self._sock.recv(65536)
-                        break
-                    except BlockingIOError:
+                    answer = self._replies.get(task_id)
+                    if answer is not None:
+                        return answer
+                    if self._generation != generation:
+                        raise _ServerGone(f"the fork server was lost (see {self.log_path})")
+                    if self._reading:
+                        await self._read.wait()  # another spawn reads; it wakes us
                         continue
-                    except ConnectionResetError:  # it died with our request unread
-                        reply = b""
-                        break
+                    self._reading = True
+                    try:
+                        await self._read_one(generation)
+                    finally:
+                        self._reading = False
+                        self._read.set()
+                        self._read = anyio.Event()
         except TimeoutError:
             raise SpawnError(
                 f"the fork server did not answer in {self.reply_timeout_s:g}s "
                 f"(still preloading? see {self.log_path})"
             ) from None
+
+    async def _read_one(self, generation: int) -> None:
+        """Reads one reply and files it under its task id."""
+        sock = self._sock
+        assert sock is not None
+        while True:
+            try:
+                await anyio.wait_readable(sock)
+            except anyio.ClosedResourceError:
+                return  # given up meanwhile: the generation says so
+            try:
+                reply = sock.recv(65536)
+                break
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:  # it died with requests unread
+                reply = b""
+                break
         if not reply:
-            raise _ServerGone(f"the fork server exited while forking the run (see {self.log_path})")
+            self._lost(generation, f"the fork server exited (see {self.log_path})")
+            return
         answer = json.loads(reply)
-        if answer.get("task_id") != task_id:
-            raise SpawnError(
-                f"the fork server answered for {answer.get('task_id')!r}, not {task_id!r}"
-            )
-        if "pid" not in answer:
-            raise SpawnError(f"the fork server could not fork the run: {answer.get('error')}")
-        return int(answer["pid"])
+        task_id = answer.get("task_id")
+        if isinstance(task_id, str) and self._replies.get(task_id, ...) is None:
+            self._replies[task_id] = answer
+        else:
+            log.warning("the fork server answered for %r, which no spawn awaits", task_id)
+
+    def _lost(self, generation: int, why: object) -> None:
+        """Gives the server of ``generation`` up (once: later calls for it do nothing)."""
+        if self._generation != generation:
+            return
+        if why is not None:
+            log.warning("fork server lost (%s); restarting it", why)
+            self.restarts += 1
+        self.close()
 
     def close(self) -> None:
+        self._generation += 1
         if self._sock is not None:
+            with contextlib.suppress(RuntimeError):  # not on an event loop: nobody waits on it
+                anyio.notify_closing(self._sock)
             self._sock.close()
             self._sock = None
         if self._server_pidfd is not None:
