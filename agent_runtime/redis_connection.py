@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import re
 import time
 import weakref
@@ -373,10 +372,8 @@ class _NodePubSub(PubSub):
             await self.connection_pool.disconnect()
 
 
-# The next node each cluster client subscribes through: a lost link moves to another.
-_next_node: weakref.WeakKeyDictionary[RedisCluster, itertools.count[int]] = (
-    weakref.WeakKeyDictionary()
-)
+# The node each cluster client last subscribed through: the next link takes another.
+_last_node: weakref.WeakKeyDictionary[RedisCluster, str] = weakref.WeakKeyDictionary()
 
 # What a plain connection to a node borrows from a cluster client built elsewhere.
 _NODE_OPTIONS = (
@@ -421,8 +418,10 @@ def open_pubsub(client: aioredis.Redis) -> PubSub:
     nodes = client.get_nodes() or list(client.nodes_manager.startup_nodes.values())
     # Primaries first: a replica delivers the same messages, but is the likelier to go.
     nodes.sort(key=lambda node: (node.server_type != "primary", node.name))
-    turn = next(_next_node.setdefault(client, itertools.count()))
-    node = nodes[turn % len(nodes)]
+    names = [node.name for node in nodes]
+    last = _last_node.get(client)
+    node = nodes[(names.index(last) + 1) % len(nodes)] if last in names else nodes[0]
+    _last_node[client] = node.name
     if options.pop("ssl", False):
         options["connection_class"] = aioredis.SSLConnection
     else:

@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import redis
@@ -25,11 +26,13 @@ from google.genai import types
 from redis.crc import key_slot
 
 from agent_runtime import RedisOrchestrationPlugin, RedisSessionService
+from agent_runtime.abort_feed import AbortFeed
 from agent_runtime.keys import AppKeys, KeySchema
 from agent_runtime.redis_connection import (
     RedisUnavailableError,
     connect,
     explain_redis_error,
+    open_pubsub,
     translate_redis_errors,
 )
 from agent_runtime.redis_url import describe_topology, parse_cluster_url, redact_url
@@ -400,3 +403,50 @@ async def test_a_durable_run_is_resumed_and_fenced_on_the_cluster(
     assert record["attempt"] == "2" and record["epoch"] == "1", record
     assert "max_attempts" in record["reason"], record
     assert len([line for line in log.read_text().splitlines() if "poison call" in line]) == 2
+
+
+async def test_the_abort_feed_moves_to_another_node_when_its_link_is_lost(
+    redis_cluster: ClusterTopology, cluster_store: TaskStore, key_prefix: str
+) -> None:
+    def linked() -> list[int]:
+        """The nodes holding a pub/sub link (each link is a plain connection to one)."""
+        found = []
+        for port in redis_cluster.ports:
+            with redis_cluster.node(port) as node:
+                if node.execute_command("CLIENT", "LIST", "TYPE", "pubsub"):
+                    found.append(port)
+        return found
+
+    got: list[str] = []
+    feed = AbortFeed(cluster_store.client, key_prefix, lambda a: got.append(a.reason), list)
+    async with anyio.create_task_group() as tg:
+        await tg.start(feed.run)
+        [first] = linked()
+        with redis_cluster.node(first) as node:
+            assert node.execute_command("CLIENT", "KILL", "TYPE", "pubsub") == 1
+        with anyio.fail_after(30):
+            while not got:
+                await cluster_store.client.publish(
+                    cluster_store.keys.abort_channel("t-x"), '{"reason": "after the loss"}'
+                )
+                await anyio.sleep(0.1)
+        assert got[0] == "after the loss"
+        assert linked() != [first]  # the feed reconnected through the next node
+        feed.stop()
+        tg.cancel_scope.cancel()
+
+
+def test_pubsub_links_take_the_cluster_nodes_in_turn(redis_cluster: ClusterTopology) -> None:
+    async def ports() -> list[int]:
+        client = connect(redis_cluster.url(nodes=1))
+        try:
+            await client.ping()  # learns every node
+            links = [open_pubsub(client) for _ in redis_cluster.ports]
+            found = [link.connection_pool.connection_kwargs["port"] for link in links]
+            for link in links:
+                await link.aclose()
+            return found
+        finally:
+            await client.aclose()
+
+    assert sorted(anyio.run(ports)) == sorted(redis_cluster.ports)
