@@ -450,3 +450,16 @@ def test_pubsub_links_take_the_cluster_nodes_in_turn(redis_cluster: ClusterTopol
             await client.aclose()
 
     assert sorted(anyio.run(ports)) == sorted(redis_cluster.ports)
+
+
+def test_a_redis_error_reply_through_the_cli_is_one_line(
+    redis_cluster: ClusterTopology, key_prefix: str
+) -> None:
+    keys = KeySchema(key_prefix)
+    slot = key_slot(keys.coordination.encode())
+    with redis_cluster.node(redis_cluster.slot_owner(slot)) as node:
+        node.set(keys.task("t-garbage"), "not a hash")
+    done = _cli("--redis-url", redis_cluster.url(), "get", "t-garbage", key_prefix=key_prefix)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "Redis refused the command: WRONGTYPE" in done.stderr
