@@ -68,15 +68,24 @@ class ProgressWriter:
                 self._run(), name="adk-plugin-progress"
             )
 
-    async def settle(self, task_id: str) -> None:
-        """Drops ``task_id``'s pending write, and waits for one already sent, if any."""
+    async def write_last(self, task_id: str, fields: Mapping[str, object]) -> None:
+        """Writes ``task_id``'s final fields now, after any of its writes already sent, and
+        only on a live record, as every progress write; raises on Redis trouble."""
         self._marked.pop(task_id, None)
         while task_id in self._in_flight and self._task is not None and not self._task.done():
             await self._written.wait()
+        flat = _flat(fields)
+        if flat:
+            await self._client.eval(_LIVE_HSET, 1, self._keys.task(task_id), *flat)
 
     def forget(self, task_id: str) -> None:
         """Drops ``task_id``'s pending write; one already sent is left to land (or not)."""
         self._marked.pop(task_id, None)
+
+    async def flush(self) -> None:
+        """Waits until every write marked so far has been sent and answered (or failed)."""
+        while self._task is not None and not self._task.done():
+            await asyncio.wait({self._task})
 
     async def close(self) -> None:
         """Stops writing; what is still marked is dropped."""

@@ -335,7 +335,8 @@ class RedisOrchestrationPlugin(BasePlugin):
 
     def _touch(self, inv: _Invocation) -> None:
         """Schedules a progress write; writes coalesce and never block the agent."""
-        if self._progress is not None and not inv.foreign:
+        # Only a record this invocation owns, or the daemon's: never one of its own making.
+        if self._progress is not None and (inv.owned or self.supervised_task_id is not None):
             self._progress.mark(inv.task_id, inv.progress)
 
     async def _register(self, inv: _Invocation) -> None:
@@ -412,11 +413,10 @@ class RedisOrchestrationPlugin(BasePlugin):
         if inv.error:
             fields["error"] = inv.error[-4000:]
         if not inv.owned:
-            # Not a terminal write: a progress write landing after it would undo it.
+            # The daemon's record (or none, untracked): the last figures, on a live record only.
             if self._progress is not None:
-                await self._progress.settle(inv.task_id)
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._store.update(inv.task_id, fields)
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await self._progress.write_last(inv.task_id, fields)
             return
         # The terminal write does not wait for progress: a progress write still in
         # flight cannot land on a terminal record.
