@@ -12,8 +12,10 @@ order the runs became ready, not the order they were asked for::
               "cgroup": "/sys/fs/cgroup/.../run-x" | null, "log": "/path"}
     reply    {"task_id": "...", "pid": 1234}  or  {"task_id": "...", "error": "..."}
 
-A run is forked through a short-lived intermediate that joins the run's cgroup
-first, so the run is born inside it, and exits at once: the run is orphaned to
+A run is forked through a short-lived intermediate that is cloned straight into
+the run's cgroup (``clone3(CLONE_INTO_CGROUP)``, see :mod:`._clone_into`; where
+that is not available it joins the cgroup first), so the run is born inside it;
+the intermediate exits at once: the run is orphaned to
 the daemon (the nearest child subreaper), which reaps it and reads its exit
 status exactly as for a child it forked itself. The run starts its own session
 (and process group) before it reports its PID, so a group kill the daemon sends
@@ -55,6 +57,7 @@ from google.adk.models.llm_response import LlmResponse
 from google.adk.runners import InMemoryRunner
 from google.genai import types
 
+from ._clone_into import clone_into
 from .app_loader import load_app
 from .child import execute
 from .process_control import enter_limits, join_cgroup, set_parent_death_signal
@@ -153,15 +156,26 @@ def _fork_run(
     log_fd = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
     go_read, go_write = os.pipe()
     read_end, write_end = os.pipe()
+    cgroup_fd = -1
     try:
-        intermediate = os.fork()
+        intermediate = -1
+        if cgroup and clone_into is not None:
+            try:
+                cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+                intermediate = clone_into(cgroup_fd)
+            except OSError as exc:  # an old kernel, a seccomp filter: join it by writing
+                print(f"fork server: clone3 into {cgroup} failed ({exc})", file=sys.stderr)
+        born_inside = intermediate >= 0
+        if not born_inside:
+            intermediate = os.fork()
         if intermediate == 0:
             try:
                 os.close(read_end)
                 os.close(go_write)
-                for fd in inherited:
-                    os.close(fd)
-                if cgroup:
+                for fd in (*inherited, cgroup_fd):
+                    if fd >= 0:
+                        os.close(fd)
+                if cgroup and not born_inside:
                     join_cgroup(cgroup)
                 enter_limits(request.get("limit_cgroups", []), request.get("rlimits", []))
                 me = os.getpid()
@@ -186,6 +200,8 @@ def _fork_run(
         os.close(write_end)
         os.close(log_fd)
         os.close(go_read)
+        if cgroup_fd >= 0:
+            os.close(cgroup_fd)
     return _Fork(task_id, intermediate, read_end, go_write)
 
 
