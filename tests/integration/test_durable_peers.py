@@ -153,8 +153,11 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
     the daemon kills the run at its next heartbeat."""
     log = tmp_path / "tools.log"
     env = {**FAST, "ADK_SUPERVISOR_APPS": json.dumps(APPS), "DURABLE_TEST_LOG": str(log)}
-    # The frozen node's tool outlasts the takeover, so its run writes after the resume.
-    frozen = start_daemon(**env, DURABLE_TEST_HOLD_S="12")
+    # The frozen node's tool outlasts the takeover, so its run writes after the resume;
+    # thawed mid-tool, it must still be in its tool at the thaw however slow the takeover
+    # is under load (it is killed then, so the long hold costs no time).
+    hold = "12" if thaw == "after_its_write" else "90"
+    frozen = start_daemon(**env, DURABLE_TEST_HOLD_S=hold)
     task = await client.submit("durable", "go", user_id="u", session_id="frozen")
     await _until_logged(log, "slow_effect start")
     os.kill(frozen.pid, signal.SIGSTOP)
@@ -171,6 +174,8 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
             await _until_logged(log, "slow_effect end", timeout=30)
             await until_state(client, task, "completed", timeout=60)
             await asyncio.sleep(0.5)
+        if thaw == "mid_tool":
+            assert "slow_effect end" not in log.read_text(), "the stale tool ended before the thaw"
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
         thawed = time.monotonic()
