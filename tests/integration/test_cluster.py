@@ -463,3 +463,12 @@ def test_a_redis_error_reply_through_the_cli_is_one_line(
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert "Redis refused the command: WRONGTYPE" in done.stderr
+
+
+def test_a_daemon_given_a_cluster_url_to_a_single_redis_stops_at_start_and_says_why(
+    redis_server: RedisServer, start_daemon: Callable[..., Daemon]
+) -> None:
+    url = f"redis+cluster://127.0.0.1:{redis_server.port}"
+    with pytest.raises(RuntimeError) as refused:
+        start_daemon(url=url)
+    assert f"{url} is not a Redis Cluster" in str(refused.value)
