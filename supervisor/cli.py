@@ -122,7 +122,8 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument(
         "--redis-url",
         default=argparse.SUPPRESS,
-        help="talk to this Redis instead of the local daemon's socket",
+        help="talk to this Redis instead of the local daemon's socket (redis://, rediss://, "
+        "unix://, redis+sentinel:// or redis+cluster:// URL)",
     )
     common.add_argument(
         "--socket",
