@@ -17,6 +17,7 @@ if any (see :mod:`agent_runtime.trace_context`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import traceback
@@ -60,6 +61,7 @@ def _new_message(spec: RunSpec) -> Any:
 
 async def run(spec: RunSpec) -> None:
     """Runs one ADK invocation of ``spec`` to completion, each event to its stream."""
+    from google.adk.errors.already_exists_error import AlreadyExistsError
     from google.adk.runners import Runner
 
     from ._event_writer import EventWriter
@@ -74,8 +76,10 @@ async def run(spec: RunSpec) -> None:
         spec.redis_url, spec.key_prefix, spec.session_ttl, fence=fence
     ) as sessions:
         store = TaskStore(sessions.redis, spec.key_prefix)
-        # Before anything touches the session: a run killed later can be sealed.
-        await _set_fields(sessions.redis, spec, {"adk_app": loaded.name})
+        if spec.app_name is None:
+            # Before anything touches the session: a run killed later can be sealed. (An
+            # [apps] name is already there: the daemon wrote it with `starting`.)
+            await _set_fields(sessions.redis, spec, {"adk_app": loaded.name})
         app = loaded.app
         if spec.durable and app is not None:
             from .durable import JournalPlugin
@@ -108,10 +112,8 @@ async def run(spec: RunSpec) -> None:
             runner = Runner(app=app, app_name=loaded.name, session_service=sessions)
         else:
             runner = Runner(agent=loaded.agent, app_name=loaded.name, session_service=sessions)
-        existing = await sessions.get_session(
-            app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
-        )
-        if existing is None:
+        # Created at once (one round trip), not looked up first: most runs start a session.
+        with contextlib.suppress(AlreadyExistsError):
             await sessions.create_session(
                 app_name=loaded.name, user_id=spec.user_id, session_id=spec.session_id
             )

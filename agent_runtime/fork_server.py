@@ -134,12 +134,16 @@ def _become_run(
 
 @dataclass(slots=True)
 class _Fork:
-    """A run forked but not yet answered for: its PID arrives on ``pid_pipe``."""
+    """A run forked but not yet answered for: its PID arrives on ``pid_pipe``, and its
+    intermediate's exit (after which the run is the daemon's child) on ``exited``."""
 
     task_id: str
     intermediate: int
     pid_pipe: int
     go: int
+    exited: int
+    pid: bytes | None = None
+    reaped: bool = False
 
 
 def _fork_run(
@@ -202,7 +206,13 @@ def _fork_run(
         os.close(go_read)
         if cgroup_fd >= 0:
             os.close(cgroup_fd)
-    return _Fork(task_id, intermediate, read_end, go_write)
+    try:
+        exited = os.pidfd_open(intermediate)
+    except BaseException:
+        os.close(read_end)
+        os.close(go_write)
+        raise
+    return _Fork(task_id, intermediate, read_end, go_write, exited)
 
 
 class _WarmUpLlm(BaseLlm):
@@ -288,19 +298,15 @@ def _cache_redis_version() -> None:
 
 
 def _answer(server: socket.socket, fork: _Fork) -> None:
-    """Replies for ``fork`` once its PID came (or its intermediate failed), then lets it run."""
-    try:
-        data = os.read(fork.pid_pipe, 32)
-    finally:
-        os.close(fork.pid_pipe)
+    """Replies for ``fork`` (its PID, or that its intermediate failed), then lets it run."""
     reply: dict[str, object] = {"task_id": fork.task_id}
-    if data:
-        reply["pid"] = int(data)
+    if fork.pid:
+        reply["pid"] = int(fork.pid)
     else:
         reply["error"] = f"could not fork run {fork.task_id} (see the fork server's log)"
     try:
         server.send(json.dumps(reply).encode())
-        if data:
+        if fork.pid:
             os.write(fork.go, b"g")
     except BrokenPipeError:
         pass  # the daemon is gone: closing "go" unwritten ends the run unstarted
@@ -309,18 +315,27 @@ def _answer(server: socket.socket, fork: _Fork) -> None:
 
 
 def _serve(server: socket.socket, daemon: int) -> int:
-    """Takes requests as they come; answers each as soon as its run has its own session."""
+    """Takes requests as they come; answers each once its run has its own session and is
+    the daemon's child (its intermediate exited), as a lone spawn would be."""
     selector = selectors.DefaultSelector()
     selector.register(server, selectors.EVENT_READ)
-    forks: dict[int, _Fork] = {}  # by the pipe its PID arrives on
-    intermediates: set[int] = set()
+    forks: dict[int, _Fork] = {}  # by the pipe its PID arrives on and by its exit's pidfd
     while True:
-        # Intermediates exit right after their fork: reaped on the next wake-up.
-        for key, _ in selector.select(0.05 if intermediates else None):
+        for key, _ in selector.select():
             if key.fileobj is not server:
                 fork = forks.pop(key.fd)
                 selector.unregister(key.fd)
-                _answer(server, fork)
+                if key.fd == fork.pid_pipe:
+                    try:
+                        fork.pid = os.read(fork.pid_pipe, 32)
+                    finally:
+                        os.close(fork.pid_pipe)
+                else:
+                    os.waitpid(fork.intermediate, 0)  # it exited: this does not block
+                    os.close(fork.exited)
+                    fork.reaped = True
+                if fork.pid is not None and fork.reaped:
+                    _answer(server, fork)
                 continue
             while True:  # every request queued so far, then back to the PIDs
                 try:
@@ -333,8 +348,8 @@ def _serve(server: socket.socket, daemon: int) -> int:
                 try:
                     request = json.loads(message)
                     task_id = request.get("task_id")
-                    inherited = [selector.fileno()]
-                    inherited += [fd for f in forks.values() for fd in (f.pid_pipe, f.go)]
+                    inherited = [selector.fileno(), *forks]
+                    inherited += list({f.go for f in forks.values()})
                     fork = _fork_run(request, daemon, server, inherited)
                 except Exception as exc:
                     traceback.print_exc()
@@ -344,12 +359,9 @@ def _serve(server: socket.socket, daemon: int) -> int:
                     except BrokenPipeError:
                         return 0
                     continue
-                intermediates.add(fork.intermediate)
-                forks[fork.pid_pipe] = fork
-                selector.register(fork.pid_pipe, selectors.EVENT_READ)
-        for pid in list(intermediates):
-            if os.waitpid(pid, os.WNOHANG)[0]:
-                intermediates.discard(pid)
+                for fd in (fork.pid_pipe, fork.exited):
+                    forks[fd] = fork
+                    selector.register(fd, selectors.EVENT_READ)
 
 
 def main() -> int:

@@ -369,6 +369,10 @@ class Launcher:
             "session_id": request.session_id,
             "started_at": repr(time.time()),
         }
+        if request.app in self._settings.apps:
+            # The run's ADK app name (its [apps] name, see _start): the run would write it
+            # itself before touching its session, one round trip more on its way to start.
+            starting["adk_app"] = request.app
         added = await self._recorder.track(task_id)
         # One live run per session: `starting` only with the session's lease, else the
         # entry is parked (acknowledged, no slot held) until the run's turn.
