@@ -87,6 +87,8 @@ async def main(redis_url: str, state: Path, case: str) -> dict[str, object]:
     root = find_writable_cgroup2()
     if root is None:
         raise SystemExit("needs a writable cgroup v2 hierarchy (run as root)")
+    own = _facts(os.getpid())["cgroup"]  # root is this cgroup, as /proc/<pid>/cgroup names it
+    assert isinstance(own, str)
     base = root / f"fork-burst-{uuid.uuid4().hex[:8]}"
     base.mkdir()
     spawner = ForkServerSpawner([], state / "fork-server.log", state / "specs")
@@ -121,7 +123,7 @@ async def main(redis_url: str, state: Path, case: str) -> dict[str, object]:
                 results[task] = {"error": str(exc)}
                 return
             pids.append(pid)
-            results[task] = {**_facts(pid), "leaf": "/" + str(leaf.relative_to(root))}
+            results[task] = {**_facts(pid), "leaf": f"{own.rstrip('/')}/{leaf.relative_to(root)}"}
             spawned.append(task)
 
         spawned: list[str] = []

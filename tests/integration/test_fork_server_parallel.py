@@ -84,3 +84,59 @@ def test_spawns_do_not_wait_for_one_whose_intermediate_is_stuck(
     assert len(runs) == 6 and all("pid" in facts for facts in runs.values()), runs
     _assert_contained(runs)
     assert result["marked"] == dict.fromkeys(runs, 1)
+
+
+_CLONE_PROBE = """
+import json, os, sys, threading
+from pathlib import Path
+from agent_runtime._clone_into import clone_into
+leaf = Path(sys.argv[1])
+assert clone_into is not None, "clone3 into a cgroup is not usable here"
+fd = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY)
+r, w = os.pipe()
+pid = clone_into(fd)
+if pid == 0:
+    # What glibc's fork() would have set up: the thread id, working threads and locks.
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    t.join()
+    facts = {
+        "cgroup": Path("/proc/self/cgroup").read_text(),
+        "tid_is_pid": threading.get_native_id() == os.getpid(),
+        "thread_ok": not t.is_alive(),
+    }
+    os.write(w, json.dumps(facts).encode())
+    os._exit(0)
+os.close(w)
+facts = json.loads(os.read(r, 65536))
+_, status = os.waitpid(pid, 0)
+print(json.dumps({**facts, "status": status}))
+"""
+
+
+def test_a_process_cloned_into_a_cgroup_is_born_there_with_a_working_interpreter(
+    tmp_path: Path,
+) -> None:
+    # The fork server's intermediates are created this way (clone3 CLONE_INTO_CGROUP).
+    from supervisor.process.containment import find_writable_cgroup2
+
+    root = find_writable_cgroup2()
+    assert root is not None, "needs a writable cgroup v2 hierarchy: run the tests as root"
+    leaf = root / f"clone-into-{os.getpid()}"
+    leaf.mkdir()
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _CLONE_PROBE, str(leaf)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        leaf.rmdir()
+    assert probe.returncode == 0, probe.stderr
+    facts = json.loads(probe.stdout)
+    line = next(x for x in facts["cgroup"].splitlines() if x.startswith("0::"))
+    assert line.endswith(f"/{leaf.name}"), facts
+    assert facts["tid_is_pid"] and facts["thread_ok"] and facts["status"] == 0, facts
