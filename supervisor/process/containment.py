@@ -46,6 +46,7 @@ __all__ = [
     "RunContainer",
     "choose_containment",
     "find_writable_cgroup2",
+    "leave_own_cgroup",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,64 @@ def find_writable_cgroup2() -> Path | None:
     if not (path / "cgroup.procs").exists() or not os.access(path, os.W_OK):
         return None
     return path
+
+
+DAEMON_LEAF = "supervisor"
+"""The leaf of its own cgroup the daemon moves into (see :func:`leave_own_cgroup`)."""
+
+
+def leave_own_cgroup(own: Path) -> Path | None:
+    """Moves this process (and its children) out of ``own`` into ``own/supervisor``.
+
+    cgroup v2 hands controllers (memory, pids, cpu) down to child cgroups only
+    from a cgroup with no processes of its own; a daemon that stays in its
+    systemd service's delegated cgroup can give its runs' leaves no memory or
+    pids limit (they fell back to rlimits). systemd's delegation rules ask a
+    delegated service to do exactly this. Nothing moves when ``own`` holds a
+    process that is not ours (a shared cgroup: a test's, a login shell's), or is
+    the root cgroup, which may hand controllers down with processes in it.
+    Returns the leaf, or None when nothing moved.
+    """
+    if own == own.parent or not (own / "cgroup.type").exists():
+        return None  # the hierarchy's root: no rule to satisfy
+    try:
+        pids = [int(p) for p in (own / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return None
+    me = os.getpid()
+    ours = {me, *_descendants(me)}
+    if not pids or any(pid not in ours for pid in pids):
+        return None
+    leaf = own / DAEMON_LEAF
+    try:
+        leaf.mkdir(exist_ok=True)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                (leaf / "cgroup.procs").write_text(str(pid))
+    except OSError as exc:
+        log.info("cannot move the daemon out of %s (%s): runs get no cgroup limits", own, exc)
+        return None
+    log.info("moved the daemon into %s, so its cgroup can hand controllers to runs", leaf)
+    return leaf
+
+
+def _descendants(pid: int) -> set[int]:
+    # /proc/<pid>/task/*/children lists each thread's children: walk it down.
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = list(Path(f"/proc/{parent}/task").iterdir())
+        except OSError:
+            continue
+        for task in tasks:
+            with contextlib.suppress(OSError, ValueError):
+                for child in (task / "children").read_text().split():
+                    if int(child) not in found:
+                        found.add(int(child))
+                        todo.append(int(child))
+    return found
 
 
 @dataclass(slots=True)
@@ -310,6 +369,7 @@ def choose_containment(
     parent = find_writable_cgroup2()
     if parent is not None:
         try:
+            leave_own_cgroup(parent)
             return CgroupContainment(parent, node_id)
         except OSError as exc:
             if mode == "cgroup":

@@ -135,6 +135,18 @@ class Limiter:
             available = set((self.v2_node_dir / "cgroup.controllers").read_text().split())
         except OSError:
             return set()
+        # The node's directory gets a controller only if its parent (the daemon's own
+        # cgroup, emptied by containment.leave_own_cgroup) hands it down first.
+        parent = self.v2_node_dir.parent
+        try:
+            handed = set((parent / "cgroup.subtree_control").read_text().split())
+        except OSError:
+            handed = set()
+        for controller in set(_CONTROLLER.values()) - handed:
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(f"+{controller}")
+        with contextlib.suppress(OSError):
+            available = set((self.v2_node_dir / "cgroup.controllers").read_text().split())
         enabled = set()
         for controller in set(_CONTROLLER.values()) & available:
             try:

@@ -247,6 +247,10 @@ def test_daemon_runs_as_its_own_user_with_the_delegated_subtree(box: Box) -> Non
     assert owner == uid
     node_cgroup = f"/sys/fs/cgroup{SERVICE_CGROUP}/adk-supervisor-{box.node}"
     assert box.sh("stat", "-c", "%u", node_cgroup).strip() == uid
+    # The daemon left the service's cgroup for a leaf: cgroup v2 lets only a cgroup
+    # with no processes of its own hand memory/pids/cpu controllers to the runs.
+    assert f"0::{SERVICE_CGROUP}/supervisor" in box.sh("cat", f"/proc/{daemon}/cgroup").splitlines()
+    assert box.sh("cat", f"/sys/fs/cgroup{SERVICE_CGROUP}/cgroup.procs").split() == []
 
 
 def test_run_in_a_delegated_leaf_is_killed_whole_by_abort(box: Box) -> None:
