@@ -15,7 +15,12 @@ import anyio
 import redis.asyncio as aioredis
 
 from agent_runtime.keys import DEFAULT_PREFIX
-from agent_runtime.redis_connection import connect, open_pubsub
+from agent_runtime.redis_connection import (
+    connect,
+    open_pubsub,
+    redact_url,
+    translate_redis_errors,
+)
 from agent_runtime.run_events import RunEntry
 from agent_runtime.run_events import follow as follow_events
 from agent_runtime.run_input import DEFAULT_MAX_INPUT_BYTES, InputTooLarge, RunInput
@@ -179,11 +184,18 @@ def _text_of(data: Mapping[str, Any]) -> str:
 
 
 class SupervisorClient:
-    """Talks to every supervisor sharing one Redis (any host)."""
+    """Talks to every supervisor sharing one Redis (any host).
+
+    Redis out of reach, or refusing calls during a failover, raises
+    :class:`~agent_runtime.redis_connection.RedisUnavailableError` from every
+    method (retry later: ``abort`` and ``get`` always are safe to; ``submit`` with
+    your own ``task_id`` is, a second one is refused with :class:`TaskExistsError`).
+    """
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_PREFIX) -> None:
         self.client: aioredis.Redis = connect(redis_url)
         self.store = TaskStore(self.client, key_prefix)
+        self._where = redact_url(redis_url)
 
     async def close(self) -> None:
         """Closes the Redis connections."""
@@ -213,17 +225,18 @@ class SupervisorClient:
         keywords that build one). One live run per session: while another run holds
         the session, this one waits for its turn (``if_busy="wait"``, the record
         shows ``waiting_for``), or raises :class:`SessionBusyError` (``"refuse"``)."""
-        return await submit_task(
-            self.store,
-            app,
-            message,
-            user_id=user_id,
-            session_id=session_id,
-            task_id=task_id,
-            timeout_s=timeout_s,
-            traceparent=traceparent,
-            if_busy=if_busy,
-        )
+        async with translate_redis_errors(self._where):
+            return await submit_task(
+                self.store,
+                app,
+                message,
+                user_id=user_id,
+                session_id=session_id,
+                task_id=task_id,
+                timeout_s=timeout_s,
+                traceparent=traceparent,
+                if_busy=if_busy,
+            )
 
     async def start(
         self,
@@ -292,6 +305,11 @@ class SupervisorClient:
         early if the run's stream is gone (expired) and its record is terminal;
         :class:`TaskNotFoundError` for a task that does not exist.
         """
+        async with translate_redis_errors(self._where):
+            async for entry in self._events(task_id, after=after, follow=follow):
+                yield entry
+
+    async def _events(self, task_id: str, *, after: str, follow: bool) -> AsyncIterator[RunEntry]:
         if not await self.client.exists(
             self.store.keys.task(task_id), self.store.keys.run_events(task_id)
         ):
@@ -321,25 +339,28 @@ class SupervisorClient:
 
     async def abort(self, task_id: str, reason: str = "") -> int:
         """Aborts a task (durably: also before it starts); returns how many daemons heard it live."""
-        return await self.store.request_abort(task_id, reason)
+        async with translate_redis_errors(self._where):
+            return await self.store.request_abort(task_id, reason)
 
     async def get(self, task_id: str) -> dict[str, str]:
         """The task record; :class:`TaskNotFoundError` if there is none."""
-        record = await self.store.get(task_id)
+        async with translate_redis_errors(self._where):
+            record = await self.store.get(task_id)
         if record is None:
             raise TaskNotFoundError(f"no task {task_id!r}")
         return record
 
     async def wait(self, task_id: str, timeout_s: float | None = None) -> dict[str, str]:
         """Waits until the task is terminal and returns its record (TimeoutError after ``timeout_s``)."""
-        pubsub: Any = open_pubsub(self.client)
-        await pubsub.subscribe(self.store.keys.task_channel(task_id))
-        try:
-            with anyio.fail_after(timeout_s):
-                while True:
-                    record = await self.get(task_id)
-                    if record.get("state") in TERMINAL_STATES:
-                        return record
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
-        finally:
-            await pubsub.aclose()
+        async with translate_redis_errors(self._where):
+            pubsub: Any = open_pubsub(self.client)
+            await pubsub.subscribe(self.store.keys.task_channel(task_id))
+            try:
+                with anyio.fail_after(timeout_s):
+                    while True:
+                        record = await self.get(task_id)
+                        if record.get("state") in TERMINAL_STATES:
+                            return record
+                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+            finally:
+                await pubsub.aclose()

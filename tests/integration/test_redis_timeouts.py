@@ -66,3 +66,29 @@ async def test_quiet_abort_channels_outlive_the_socket_timeout(
     record = await client.wait(task, 30)
     assert record["state"] == "aborted" and record["reason"] == "after a quiet spell"
     assert "abort subscription lost" not in daemon.log()
+
+
+async def test_the_client_raises_redis_unavailable_when_redis_is_gone(
+    private_redis: RedisServer,
+) -> None:
+    """A caller of the Python client catches one documented, retryable error, as with the
+    session service, not redis-py's own ConnectionError (a bot's stop button during a
+    failover)."""
+    from agent_runtime.redis_connection import RedisUnavailableError
+
+    client = SupervisorClient(private_redis.url)
+    try:
+        task = await client.submit(A + "weather_agent", "hi", user_id="u")
+        private_redis.stop()
+        with pytest.raises(RedisUnavailableError, match=r"safe to retry|cannot reach"):
+            await client.abort(task, "stop")
+        with pytest.raises(RedisUnavailableError):
+            await client.get(task)
+        with pytest.raises(RedisUnavailableError):
+            await client.submit(A + "weather_agent", "again", user_id="u")
+        with pytest.raises(RedisUnavailableError):
+            await anext(aiter(client.events(task)))
+        with pytest.raises(RedisUnavailableError):
+            await client.wait(task, timeout_s=5)
+    finally:
+        await client.close()
