@@ -87,6 +87,13 @@ TARGET_HOST_BYTES = 24 * GIB
 TARGET_ABORT_VS_IDLE = 2.0
 
 
+def _with_bytecode(env: os._Environ[str]) -> dict[str, str]:
+    """``env`` without PYTHONDONTWRITEBYTECODE: an installed package has its bytecode
+    compiled, so a module a run imports lazily must not be compiled from source in
+    every run (on a machine that sets it, that was a quarter of a run's CPU)."""
+    return {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 # ---------------------------------------------------------------- /proc
 
 
@@ -269,7 +276,7 @@ class Daemon:
         self.state = Path(tempfile.mkdtemp(prefix="scale-bench-"))
         self.log = self.state / "daemon.log"
         env = {
-            **os.environ,
+            **_with_bytecode(os.environ),
             "PYTHONPATH": f"{ROOT}:{BENCH}",
             "ADK_SUPERVISOR_KEY_PREFIX": self.prefix,
             "ADK_SUPERVISOR_NODE_ID": f"bench-{uuid.uuid4().hex[:6]}",
@@ -612,7 +619,11 @@ def _rq(args: argparse.Namespace, url: str, stamps: Path) -> dict[str, Any]:
     queue_name = f"scale-{uuid.uuid4().hex[:6]}"
     queue = Queue(queue_name, connection=rclient)
     prefix = f"rq-bench-{uuid.uuid4().hex[:6]}:"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{BENCH}", STAMP_DIR_ENV: str(stamps)}
+    env = {
+        **_with_bytecode(os.environ),
+        "PYTHONPATH": f"{ROOT}:{BENCH}",
+        STAMP_DIR_ENV: str(stamps),
+    }
     workers = [
         subprocess.Popen(
             [sys.executable, str(BENCH / "_scale_agent.py"), url, queue_name],
