@@ -283,14 +283,21 @@ def resumable_problem(ref: str, name: str | None) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m agent_runtime.durable REF [NAME]``: prints why the app cannot be resumed
-    (exit 1), or nothing (exit 0). The daemon and check-config run it in a subprocess, so
-    neither imports ADK or the app itself."""
-    problem = resumable_problem(argv[0], argv[1] if len(argv) > 1 and argv[1] else None)
-    if problem:
-        print(problem)
-        return 1
-    return 0
+    """``python -m agent_runtime.durable REF NAME [REF NAME ...]``: prints one line
+    ``NAME<TAB>why`` per app that cannot be resumed (exit 1), or nothing (exit 0).
+
+    The daemon and check-config run it in one subprocess for every durable app, so
+    neither imports ADK or an app itself, and ADK is imported once, not once per app.
+    """
+    if len(argv) % 2:
+        argv = [*argv, ""]
+    failed = False
+    for ref, name in zip(argv[::2], argv[1::2], strict=True):
+        problem = resumable_problem(ref, name or None)
+        if problem:
+            print(f"{name}\t{' '.join(problem.split())}")
+            failed = True
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

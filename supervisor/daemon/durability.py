@@ -22,25 +22,34 @@ _CHECK_TIMEOUT_S = 120.0
 
 def durable_app_problems(settings: Settings) -> list[str]:
     """One line per app with ``on_orphan = "resume"`` that cannot be resumed (empty: all fine)."""
+    durable = {n: settings.apps[n] for n in sorted(settings.apps) if settings.durable_for(n)}
+    if not durable:
+        return []
+    # One interpreter for every app: ADK's import (about a second) is paid once.
+    args = [part for name, ref in durable.items() for part in (ref, name)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "agent_runtime.durable", *args],
+            capture_output=True,
+            text=True,
+            timeout=_CHECK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [
+            f'[apps.{n}] on_orphan = "resume": cannot check {r}: {exc}' for n, r in durable.items()
+        ]
     problems = []
-    for name in sorted(settings.apps):
-        if settings.durable_for(name) is None:
-            continue
-        ref = settings.apps[name]
-        try:
-            done = subprocess.run(
-                [sys.executable, "-m", "agent_runtime.durable", ref, name],
-                capture_output=True,
-                text=True,
-                timeout=_CHECK_TIMEOUT_S,
-                check=False,
+    for line in done.stdout.splitlines():
+        name, _, why = line.partition("\t")
+        if name in durable and why:
+            problems.append(
+                f'[apps.{name}] on_orphan = "resume" refused for {durable[name]}: {why}'
             )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            problems.append(f'[apps.{name}] on_orphan = "resume": cannot check {ref}: {exc}')
-            continue
-        if done.returncode != 0:
-            why = done.stdout.strip() or done.stderr.strip()[-2000:] or f"exit {done.returncode}"
-            problems.append(f'[apps.{name}] on_orphan = "resume", but {ref} is {why}'.rstrip())
+    if done.returncode != 0 and not problems:
+        # It died before naming an app (an import that kills the interpreter).
+        why = done.stderr.strip()[-2000:] or f"exit {done.returncode}"
+        problems.append(f'on_orphan = "resume": cannot check {", ".join(durable)}: {why}')
     return problems
 
 

@@ -195,11 +195,18 @@ async def test_a_stale_epoch_cannot_append_to_the_session(
 def test_check_config_refuses_resume_for_an_app_that_is_not_resumable(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
-    apps = {"plain": {"ref": D + "not_resumable_app", "on_orphan": "resume"}}
+    apps = {
+        "plain": {"ref": D + "not_resumable_app", "on_orphan": "resume"},
+        "gone": {"ref": "tests.integration.no_such_module:app", "on_orphan": "resume"},
+        **APPS,
+    }
     daemon = Daemon(None, "x:", tmp_path / "s", "auto", ADK_SUPERVISOR_APPS=json.dumps(apps))
     done = daemon.cli("check-config")
     assert done.returncode == 2, done
+    # Every durable app is checked (in one interpreter), each problem named by its app.
     assert "[apps.plain]" in done.stderr and "ResumabilityConfig(is_resumable=True)" in done.stderr
+    assert "[apps.gone]" in done.stderr and "no_such_module" in done.stderr
+    assert "[apps.durable]" not in done.stderr
     daemon.env["ADK_SUPERVISOR_APPS"] = json.dumps(APPS)
     assert daemon.cli("check-config").returncode == 0
 
