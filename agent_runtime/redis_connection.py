@@ -495,13 +495,21 @@ def explain_redis_error(error: BaseException, url: str | None = None) -> str | N
 @asynccontextmanager
 async def translate_redis_errors(where: str) -> AsyncIterator[None]:
     """Re-raises redis-py's connection and timeout errors, and the error replies of a
-    failover or of too few replicas (:func:`outage_reply`), as :class:`RedisUnavailableError`."""
+    failover or of too few replicas (:func:`outage_reply`), as :class:`RedisUnavailableError`.
+
+    A MOVED/ASK reply with ``where`` a plain URL (``redis://``...) is re-raised as it is: a
+    cluster node reached through a single-node URL is a wrong URL, which no retry fixes
+    (:func:`explain_redis_error` says which form to use)."""
     try:
         yield
     except ResponseError as exc:
         if not outage_reply(exc):
             raise
         if isinstance(exc, AskError):
+            if "://" in where and not is_cluster_url(where):
+                # A plain URL to a cluster node: no retry helps, the URL is wrong
+                # (explain_redis_error says which form to use).
+                raise
             raise RedisUnavailableError(
                 f"the Redis Cluster at {where} still redirects the call ({_with_code(exc)}): "
                 "slots are moving or a failover is in progress; the call may not have been "

@@ -312,6 +312,10 @@ async def test_cluster_replies_of_a_failover_reach_callers_as_unavailable() -> N
         with pytest.raises(RedisUnavailableError):
             async with translate_redis_errors("redis+cluster://h:7000"):
                 raise error
+    # Through a plain URL, MOVED means the URL is wrong: no retry helps.
+    with pytest.raises(redis.exceptions.MovedError):
+        async with translate_redis_errors("redis://h:7000"):
+            raise redis.exceptions.MovedError("3999 127.0.0.1:7001")
     with pytest.raises(redis.exceptions.ClusterCrossSlotError):  # a bug: not retried
         async with translate_redis_errors("redis+cluster://h:7000"):
             raise redis.exceptions.ClusterCrossSlotError("CROSSSLOT")
