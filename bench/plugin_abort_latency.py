@@ -210,6 +210,7 @@ class ConcurrentFigures:
     returned: list[float]
     wall_s: float
     cpu_s: float
+    commands: dict[str, int]
     total: int
     aborted: int
     wrong: list[str]
@@ -290,6 +291,7 @@ async def measure_concurrent(
             if aborter is not None:
                 await aborter
 
+    stats_before = await publisher.info("commandstats")
     began = time.perf_counter()
     cpu_began = _cpu_s()
     async with asyncio.TaskGroup() as group:
@@ -297,6 +299,12 @@ async def measure_concurrent(
             group.create_task(worker())
     wall_s = time.perf_counter() - began
     cpu_s = _cpu_s() - cpu_began
+    stats_after = await publisher.info("commandstats")
+    commands = {
+        name.removeprefix("cmdstat_"): int(stat["calls"])
+        - int(stats_before.get(name, {}).get("calls", 0))
+        for name, stat in stats_after.items()
+    }
 
     wrong: list[str] = []
     records = await plugin.store.get_many(ids)
@@ -330,6 +338,7 @@ async def measure_concurrent(
         returned=since_publish(returned),
         wall_s=wall_s,
         cpu_s=cpu_s,
+        commands=commands,
         total=total,
         aborted=len(doomed),
         wrong=wrong,
@@ -403,6 +412,12 @@ def main() -> None:
         f"{figures.total / figures.wall_s:.1f} invocations/s ({figures.wall_s:.1f} s), "
         f"{figures.cpu_s / figures.total * 1000:.1f} ms CPU per invocation (this process); "
         f"records wrong: {len(figures.wrong)}"
+    )
+    busiest = sorted(figures.commands.items(), key=lambda kv: -kv[1])[:8]
+    print(
+        f"Redis commands per invocation (plugin and sessions): "
+        f"{sum(figures.commands.values()) / figures.total:.1f}; "
+        + ", ".join(f"{name} {calls / figures.total:.1f}" for name, calls in busiest)
     )
     for line in figures.wrong[:20]:
         print("  " + line)
