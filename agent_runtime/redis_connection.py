@@ -476,7 +476,7 @@ async def topology_problem(client: aioredis.Redis, url: str) -> str | None:
 
 def explain_redis_error(error: BaseException, url: str | None = None) -> str | None:
     """A one-line explanation of a Redis error that a wrong URL explains, or None."""
-    where = redact_url(url) if url else "Redis"
+    where = redact_url(url) if url else "this Redis"
     if isinstance(error, AskError):  # MovedError too
         if url is not None and is_cluster_url(url):
             return f"the cluster at {where} is moving slots or failing over ({error}): retry"
