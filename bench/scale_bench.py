@@ -323,6 +323,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        # The log outlives the state dir, for a run that went wrong.
+        with contextlib.suppress(OSError):
+            shutil.copy(self.log, Path(tempfile.gettempdir()) / "scale-bench-daemon.log")
         shutil.rmtree(self.state, ignore_errors=True)
 
 

@@ -37,7 +37,7 @@ from ._proc_events import EventsLost, ProcEvents, open_events
 from .identity import PIDFD_SIGNAL_PROCESS_GROUP, carrying, inside, signal_proven, started_at
 from .limits import AppliedLimits
 from .lineage import Lineage
-from .tree import marked_descendants, run_marker
+from .tree import MarkerSweep, run_marker
 
 __all__ = [
     "CgroupContainment",
@@ -270,6 +270,8 @@ class PgroupContainment:
 
     def __init__(self, fork_events: bool = True) -> None:
         self._lineage = Lineage()
+        # One walk of the daemon's descendants serves the kills and checks of a moment.
+        self.sweep = MarkerSweep()
         self._events: ProcEvents | None = None
         if not fork_events:
             log.info("pgroup_fork_events = false: escapees of a run are found by its marker only")
@@ -335,12 +337,12 @@ class PgroupContainment:
             signal_proven(pid, started_at(ticks), sig)
         if self._swept(container):
             marked = carrying(run_marker(container.task_id))
-            for pid in marked_descendants(container.task_id):
+            for pid in self.sweep.marked(container.task_id):
                 signal_proven(pid, marked, sig)
 
     def populated(self, container: RunContainer) -> bool:
         return self._lineage.alive(container.task_id) or (
-            self._swept(container) and bool(marked_descendants(container.task_id))
+            self._swept(container) and bool(self.sweep.marked(container.task_id))
         )
 
     def _swept(self, container: RunContainer) -> bool:

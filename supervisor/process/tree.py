@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import time
+from collections import defaultdict
 from pathlib import Path
 
 from agent_runtime.run_spec import TASK_ENV
 
 from .identity import carries_marker
 
-__all__ = ["descendants", "marked_descendants", "run_marker"]
+__all__ = ["MarkerSweep", "descendants", "run_marker"]
+
+_MARKER_PREFIX = f"{TASK_ENV}=".encode()
 
 
 def descendants(root: int) -> list[int]:
@@ -43,7 +47,45 @@ def run_marker(task_id: str) -> bytes:
     return f"{TASK_ENV}={task_id}".encode()
 
 
-def marked_descendants(task_id: str) -> list[int]:
-    """This daemon's descendants that carry the run's marker (its subreaper inherits escapees)."""
-    marker = run_marker(task_id)
-    return [pid for pid in descendants(os.getpid()) if carries_marker(pid, marker)]
+class MarkerSweep:
+    """This daemon's marked descendants, by run, from one walk that every kill and check
+    made within ``reuse_s`` of it shares.
+
+    A walk reads the environment of every descendant, so of every process of every
+    run: walked per kill and per check, a mass abort of N runs read N x N environments
+    (300 runs: 22 s until every process was gone). A process a run forks after the walk
+    a kill or check uses is not seen by it; that race is a walk's anyway (a fork right
+    after it), and the kill path keeps checking, on newer walks, while anything of the
+    run is left. Loop-owned, like the containment.
+    """
+
+    def __init__(self, reuse_s: float = 0.05) -> None:
+        self._reuse_s = reuse_s
+        self._walked_at = -float("inf")
+        self._by_task: dict[str, list[int]] = {}
+        self.walks = 0
+        """How many walks were made (each reads every descendant's environment)."""
+
+    def marked(self, task_id: str) -> list[int]:
+        """The daemon's descendants that carry ``task_id``'s marker now."""
+        now = time.monotonic()
+        if now - self._walked_at > self._reuse_s:
+            self._walk(now)
+        marker = run_marker(task_id)
+        # Found by a walk, and still carrying it: a PID gone or reused since does not count.
+        return [pid for pid in self._by_task.get(task_id, ()) if carries_marker(pid, marker)]
+
+    def _walk(self, now: float) -> None:
+        by_task: defaultdict[str, list[int]] = defaultdict(list)
+        for pid in descendants(os.getpid()):
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            for entry in environ.split(b"\0"):
+                if entry.startswith(_MARKER_PREFIX):
+                    by_task[entry[len(_MARKER_PREFIX) :].decode(errors="replace")].append(pid)
+                    break
+        self._by_task = dict(by_task)
+        self._walked_at = now
+        self.walks += 1
