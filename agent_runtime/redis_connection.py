@@ -7,6 +7,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -49,6 +50,7 @@ __all__ = [
     "REDIS_ERRORS",
     "PoolExhaustedError",
     "RedisUnavailableError",
+    "ReplicaWait",
     "WrongTypeError",
     "as_text",
     "connect",
@@ -58,6 +60,8 @@ __all__ = [
     "open_pubsub",
     "outage_reply",
     "redact_url",
+    "replica_wait_of",
+    "set_replica_wait",
     "topology_problem",
     "translate_redis_errors",
     "wrong_type",
@@ -162,6 +166,34 @@ def describe_reply(key: str, error: BaseException) -> str:
     return f"Redis refused a command on {key}: {text}"
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """How many replicas must have a write before it is acknowledged, and for how long
+    to wait for them."""
+
+    replicas: int
+    timeout_ms: int
+
+
+# Set by connect() from the URL's ?wait_replicas=; read by every writer given that client.
+_policies: weakref.WeakKeyDictionary[object, ReplicaWait] = weakref.WeakKeyDictionary()
+
+
+def set_replica_wait(client: object, replicas: int, timeout_ms: int) -> None:
+    """Makes writers given ``client`` confirm their writes on ``replicas`` replicas."""
+    if replicas < 0 or timeout_ms < 1:
+        raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
+    if replicas:
+        _policies[client] = ReplicaWait(replicas, timeout_ms)
+    else:
+        _policies.pop(client, None)
+
+
+def replica_wait_of(client: object) -> ReplicaWait | None:
+    """The confirmation ``client`` was built with (``?wait_replicas=N``), or None."""
+    return _policies.get(client)
+
+
 DEFAULT_MAX_CONNECTIONS = 128
 """Connections one client opens at most; callers beyond wait for a free one."""
 DEFAULT_POOL_TIMEOUT_S = 30.0
@@ -203,6 +235,10 @@ def connect(
     follows MOVED/ASK and reads the slot map again after a failover; ``max_connections``
     holds per node, and a caller beyond it fails at once (redis-py's cluster pool does
     not wait) with :class:`PoolExhaustedError` through :func:`translate_redis_errors`.
+
+    A Sentinel or Cluster URL's ``?wait_replicas=N&wait_timeout_ms=T`` is kept with the
+    client (:func:`replica_wait_of`): the task store and the session service given it
+    acknowledge a transition or an append only once ``WAIT`` saw it on N replicas.
     """
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
@@ -212,16 +248,20 @@ def connect(
             f"or {CLUSTER_FORM}"
         )
     kwargs.setdefault("decode_responses", False)
+    client: aioredis.Redis
     if scheme in CLUSTER_SCHEMES:
-        return _connect_cluster(
+        client = _connect_cluster(
             url,
             max_connections=max_connections,
             socket_timeout_s=socket_timeout_s,
             connect_timeout_s=connect_timeout_s,
             **kwargs,
         )
+        cluster = parse_cluster_url(url)
+        set_replica_wait(client, cluster.wait_replicas, cluster.wait_timeout_ms)
+        return client
     if scheme in SENTINEL_SCHEMES:
-        return _connect_sentinel(
+        client = _connect_sentinel(
             url,
             max_connections=max_connections,
             pool_timeout_s=pool_timeout_s,
@@ -229,6 +269,9 @@ def connect(
             connect_timeout_s=connect_timeout_s,
             **kwargs,
         )
+        sentinel = parse_sentinel_url(url)
+        set_replica_wait(client, sentinel.wait_replicas, sentinel.wait_timeout_ms)
+        return client
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

@@ -39,6 +39,21 @@ SENTINEL_FORM: Final = (
 _SENTINEL_OPTIONS: Final = frozenset(
     {"sentinel_username", "sentinel_password", "wait_replicas", "wait_timeout_ms"}
 )
+# Query options of a Cluster URL.
+_CLUSTER_OPTIONS: Final = frozenset({"wait_replicas", "wait_timeout_ms"})
+
+
+def _wait_options(options: dict[str, str]) -> tuple[int, int]:
+    """``wait_replicas`` and ``wait_timeout_ms`` of a URL's query (defaults 0 and 1000)."""
+    numbers = {}
+    for name, default in (("wait_replicas", 0), ("wait_timeout_ms", 1000)):
+        raw = options.get(name, str(default))
+        if not raw.isdigit():
+            raise ValueError(f"{name} must be a whole number, got {raw!r}")
+        numbers[name] = int(raw)
+    if numbers["wait_timeout_ms"] < 1:
+        raise ValueError("wait_timeout_ms must be at least 1")
+    return numbers["wait_replicas"], numbers["wait_timeout_ms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +110,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
             f"unknown option(s) {unknown} in {redact_url(url)!r}: a Sentinel URL takes "
             f"{sorted(_SENTINEL_OPTIONS)}"
         )
-    numbers = {}
-    for name, default in (("wait_replicas", 0), ("wait_timeout_ms", 1000)):
-        raw = options.get(name, str(default))
-        if not raw.isdigit():
-            raise ValueError(f"{name} must be a whole number, got {raw!r}")
-        numbers[name] = int(raw)
+    wait_replicas, wait_timeout_ms = _wait_options(options)
     return SentinelURL(
         sentinels=tuple(sentinels),
         service=unquote(path[0]),
@@ -110,8 +120,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         password=password,
         sentinel_username=options.get("sentinel_username"),
         sentinel_password=options.get("sentinel_password"),
-        wait_replicas=numbers["wait_replicas"],
-        wait_timeout_ms=numbers["wait_timeout_ms"],
+        wait_replicas=wait_replicas,
+        wait_timeout_ms=wait_timeout_ms,
     )
 
 
@@ -119,12 +129,17 @@ def parse_sentinel_url(url: str) -> SentinelURL:
 class ClusterURL:
     """A ``redis+cluster://`` URL taken apart: the nodes to start from (any primaries or
     replicas of the cluster; the client learns the rest from them) and the credentials,
-    the same on every node."""
+    the same on every node. ``wait_replicas`` > 0 (``?wait_replicas=N``) makes every write
+    that must survive a failover (task transitions with their events stream entry, session
+    appends) wait with ``WAIT`` on the primary that took it until that many of its
+    replicas have it, at most ``wait_timeout_ms``."""
 
     nodes: tuple[tuple[str, int], ...]
     tls: bool
     username: str | None
     password: str | None
+    wait_replicas: int = 0
+    wait_timeout_ms: int = 1000
 
 
 def is_cluster_url(url: str) -> bool:
@@ -152,8 +167,14 @@ def parse_cluster_url(url: str) -> ClusterURL:
         raise ValueError(
             f"{redact_url(url)!r} names a database: a Redis Cluster has only db 0 ({CLUSTER_FORM})"
         )
-    if parts.query:
-        raise ValueError(f"{redact_url(url)!r}: a Redis Cluster URL takes no options")
+    options = dict(parse_qsl(parts.query))
+    unknown = sorted(set(options) - _CLUSTER_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} in {redact_url(url)!r}: a Redis Cluster URL takes "
+            f"{sorted(_CLUSTER_OPTIONS)}"
+        )
+    wait_replicas, wait_timeout_ms = _wait_options(options)
     username = password = None
     if userinfo:
         user, sep, secret = userinfo.partition(":")
@@ -164,6 +185,8 @@ def parse_cluster_url(url: str) -> ClusterURL:
         tls=parts.scheme == "rediss+cluster",
         username=username,
         password=password,
+        wait_replicas=wait_replicas,
+        wait_timeout_ms=wait_timeout_ms,
     )
 
 
@@ -198,7 +221,15 @@ def describe_topology(url: str | None) -> str:
             "(task records, runs stream, node keys, session lines) lives in ONE slot, "
             "'<prefix>{<prefix>}', so one shard carries the coordination of one prefix; "
             "sessions spread over the shards by app. Pub/sub (aborts, task events) goes "
-            "through one node and reaches every node of the cluster"
+            "through one node and reaches every node of the cluster; "
+            + (
+                f"task transitions and session appends wait for {cluster.wait_replicas} "
+                f"replica(s) of their primary (WAIT, {cluster.wait_timeout_ms} ms) before "
+                "they are acknowledged"
+                if cluster.wait_replicas
+                else "writes are acknowledged by their primary alone (add ?wait_replicas=1 "
+                "to confirm each on a replica, so a failover cannot lose it)"
+            )
         )
     if not url.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
         return f"standalone: one Redis at {redact_url(url)} (no failover)"

@@ -23,9 +23,17 @@ from typing import Any, Final, Literal, NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from ._replica_wait import run_confirmed
 from ._session_line import LINE_LUA, MAX_PARKED_FIELDS
 from .keys import DEFAULT_PREFIX, RUNS_GROUP, KeySchema
-from .redis_connection import WrongTypeError, as_text, describe_reply, is_cluster, wrong_type
+from .redis_connection import (
+    WrongTypeError,
+    as_text,
+    describe_reply,
+    is_cluster,
+    replica_wait_of,
+    wrong_type,
+)
 from .run_events import DEFAULT_EVENTS_MAXLEN, DEFAULT_EVENTS_TTL_S
 
 __all__ = [
@@ -687,13 +695,23 @@ class TaskStore:
             fields.setdefault("ended_at", repr(now))
         sources = tuple(allowed_from) if allowed_from is not None else _ALLOWED_FROM[state]
         event = self._event(task_id, state.value, now, fields)
+        keys = [self.keys.task(task_id), self.keys.run_events(task_id)]
+        args = self._transition_args(task_id, state, sources, event, fields, in_line_only, epoch)
+        wait = replica_wait_of(self.client)
         async with self._named(task_id):
-            status, prev = await self._transition(
-                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                args=self._transition_args(
-                    task_id, state, sources, event, fields, in_line_only, epoch
-                ),
-            )
+            if wait is None:
+                status, prev = await self._transition(keys=keys, args=args)
+            else:
+                # The record and its events stream entry, on the replicas before the
+                # transition counts as done (a URL's ?wait_replicas=N).
+                status, prev = await run_confirmed(
+                    self.client,
+                    self._transition,
+                    keys,
+                    args,
+                    wait,
+                    f"the {self.keys.prefix!r} store",
+                )
         status = as_text(status)
         if status == "OK":
             await self._history(event)

@@ -56,6 +56,18 @@ def redis_cluster() -> Iterator[ClusterTopology]:
 
 
 @pytest.fixture
+def redis_cluster_with_replicas() -> Iterator[ClusterTopology]:
+    """A Redis Cluster of this test alone (a failover changes who is primary): three
+    primaries with one replica each, a node failed after 1 s unreachable."""
+    try:
+        cluster = ClusterTopology(replicas=1, node_timeout_ms=1000)
+    except RedisServerError as exc:
+        pytest.fail(f"cannot start the test Redis Cluster: {exc}", pytrace=False)
+    yield cluster
+    cluster.cleanup()
+
+
+@pytest.fixture
 def private_redis() -> Iterator[RedisServer]:
     """A redis-server of this test alone (append-only, so data survive restarts)."""
     try:

@@ -41,16 +41,17 @@ from google.adk.sessions.state import State
 from pydantic import TypeAdapter
 from typing_extensions import override
 
+from .._replica_wait import run_confirmed
 from ..keys import AppKeys, SessionKeys, decode_part
 from ..redis_connection import (
-    RedisUnavailableError,
+    ReplicaWait,
     as_text,
     connect,
     is_cluster,
     redact_url,
+    replica_wait_of,
     translate_redis_errors,
 )
-from ..redis_url import SENTINEL_SCHEMES, parse_sentinel_url
 from ..session_integrity import ChainReport, genesis, link, verify_chain
 from . import _scripts as scripts
 
@@ -141,7 +142,11 @@ class RedisSessionService(BaseSessionService):
         replicas within ``wait_timeout_ms``; otherwise it raises
         :class:`RedisUnavailableError` (it may be stored: a retry is recognised) and the
         client's connections are reopened, so a writer cut off by a failover asks the
-        sentinels for the new master. A Sentinel URL's ``?wait_replicas=N`` sets it.
+        sentinels for the new master. On a Redis Cluster the ``WAIT`` goes to the primary
+        of the session's slot, on the connection that took the append. A Sentinel or
+        Cluster URL's ``?wait_replicas=N&wait_timeout_ms=T`` sets it (also when that
+        client is passed as ``redis_client``, if :func:`~agent_runtime.redis_connection.connect`
+        made it).
     """
 
     def __init__(
@@ -199,12 +204,10 @@ class RedisSessionService(BaseSessionService):
             self._client = connect(url)
             self._owns_client = True
             self._where = redact_url(url)
-            if url.startswith(tuple(f"{scheme}://" for scheme in SENTINEL_SCHEMES)):
-                parsed = parse_sentinel_url(url)
-                wait_replicas = wait_replicas or parsed.wait_replicas
-                wait_timeout_ms = (
-                    parsed.wait_timeout_ms if parsed.wait_replicas else wait_timeout_ms
-                )
+        # A Sentinel or Cluster URL's ?wait_replicas= (kept with the client by connect()).
+        from_url = replica_wait_of(self._client)
+        if from_url is not None and not wait_replicas:
+            wait_replicas, wait_timeout_ms = from_url.replicas, from_url.timeout_ms
         if wait_replicas < 0 or wait_timeout_ms < 1:
             raise ValueError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
         self.wait_replicas = wait_replicas
@@ -259,21 +262,14 @@ class RedisSessionService(BaseSessionService):
     async def _append_durably(self, keys: list[str], args: list[str]) -> Any:
         if not self.wait_replicas:
             return await self._append(keys=keys, args=args)
-        # WAIT counts the writes of its own connection: one pipeline, one connection.
-        async with self._client.pipeline(transaction=False) as pipe:
-            await self._append(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", self.wait_replicas, self.wait_timeout_ms)
-            reply, acked = await pipe.execute()
-        if int(acked) < self.wait_replicas:
-            # A master cut off from its replicas is often a demoted one that Sentinel has
-            # not reconfigured yet: reopen, so the retry asks the sentinels.
-            await self._client.connection_pool.disconnect()
-            raise RedisUnavailableError(
-                f"Redis at {self._where}: the append reached {int(acked)} of "
-                f"{self.wait_replicas} replica(s) within {self.wait_timeout_ms} ms, so a "
-                "failover could lose it; it may be stored, and is safe to retry"
-            )
-        return reply
+        return await run_confirmed(
+            self._client,
+            self._append,
+            keys,
+            args,
+            ReplicaWait(self.wait_replicas, self.wait_timeout_ms),
+            self._where,
+        )
 
     @property
     def redis(self) -> aioredis.Redis:
