@@ -2,6 +2,8 @@
 
 ``DURABLE_TEST_LOG`` names the file each tool execution appends a line to:
 ``<tool> start <idempotency key>`` when it begins and ``<tool> end`` when it ends.
+Tools hold ``DURABLE_TEST_HOLD_S`` seconds; with ``DURABLE_TEST_RELEASE`` set, slow_effect
+holds until that file exists.
 """
 
 from __future__ import annotations
@@ -31,10 +33,20 @@ def _log(line: str) -> None:
         out.write(f"{time.time():.3f} {line}\n")
 
 
+async def _hold() -> None:
+    release = os.environ.get("DURABLE_TEST_RELEASE")
+    if release:
+        # Held until the test lets go: how long a takeover takes varies with the load.
+        while not await asyncio.to_thread(os.path.exists, release):
+            await asyncio.sleep(0.05)
+    else:
+        await asyncio.sleep(HOLD_S)
+
+
 async def slow_effect(tool_context: ToolContext) -> str:
     """A side effect that must not happen twice (not idempotent)."""
     _log(f"slow_effect start {idempotency_key(tool_context)}")
-    await asyncio.sleep(HOLD_S)
+    await _hold()
     _log("slow_effect end")
     return "effect done"
 

@@ -153,11 +153,11 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
     the daemon kills the run at its next heartbeat."""
     log = tmp_path / "tools.log"
     env = {**FAST, "ADK_SUPERVISOR_APPS": json.dumps(APPS), "DURABLE_TEST_LOG": str(log)}
-    # The frozen node's tool outlasts the takeover, so its run writes after the resume;
-    # thawed mid-tool, it must still be in its tool at the thaw however slow the takeover
-    # is under load (it is killed then, so the long hold costs no time).
-    hold = "12" if thaw == "after_its_write" else "90"
-    frozen = start_daemon(**env, DURABLE_TEST_HOLD_S=hold)
+    # The frozen node's tool is held until the resume is seen, however slow the takeover
+    # is under load: released then (`after_its_write`), its run writes after the resume;
+    # never released (`mid_tool`), it is still in its tool at the thaw.
+    release = tmp_path / "release-the-stale-tool"
+    frozen = start_daemon(**env, DURABLE_TEST_RELEASE=str(release))
     task = await client.submit("durable", "go", user_id="u", session_id="frozen")
     await _until_logged(log, "slow_effect start")
     os.kill(frozen.pid, signal.SIGSTOP)
@@ -171,6 +171,7 @@ async def test_a_frozen_nodes_stale_run_adds_nothing_and_is_killed_once_it_thaws
             await asyncio.sleep(0.05)
         assert _runs_below(frozen, task), "the stale run should live while its node is frozen"
         if thaw == "after_its_write":
+            release.touch()
             await _until_logged(log, "slow_effect end", timeout=30)
             await until_state(client, task, "completed", timeout=60)
             await asyncio.sleep(0.5)
