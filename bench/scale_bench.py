@@ -329,6 +329,8 @@ class Daemon:
         shutil.rmtree(self.state, ignore_errors=True)
 
 
+# A burst with no run ending for this long has lost runs (a dropped entry stays queued).
+_STALL_S = 60.0
 POLLS = Counter[str]()
 """The bench's own reads of records (HMGETs and pipelines), taken out of a run's cost."""
 
@@ -351,10 +353,17 @@ async def _until_terminal(
     pending = list(ids)
     states: Counter[str] = Counter()
     deadline = time.monotonic() + timeout_s
+    progress_at = time.monotonic()
     while pending:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{len(pending)} of {len(ids)} runs not finished in {timeout_s:g}s")
+        now = time.monotonic()
+        if now > deadline or now - progress_at > _STALL_S:
+            raise SystemExit(
+                f"{len(pending)} of {len(ids)} runs not finished ({dict(states)} so far; "
+                f"the daemon's log: {Path(tempfile.gettempdir()) / 'scale-bench-daemon.log'})"
+            )
         rows = await _states(client, pending)
+        if len(rows) and any(row.get("state") in TERMINAL for row in rows):
+            progress_at = time.monotonic()
         still = []
         for task_id, row in zip(pending, rows, strict=True):
             if row.get("state") in TERMINAL:
