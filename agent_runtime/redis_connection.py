@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import weakref
@@ -280,7 +281,24 @@ def connect(
         socket_connect_timeout=connect_timeout_s,
         **kwargs,
     )
+    if pool.connection_class is aioredis.UnixDomainSocketConnection:
+        pool.connection_class = _UnixConnection
     return aioredis.Redis.from_pool(pool)
+
+
+class _UnixConnection(aioredis.UnixDomainSocketConnection):
+    """A unix-socket connection that runs its handshake once.
+
+    redis-py 8.1's own runs it (HELLO, AUTH, CLIENT SETNAME, ...) in ``_connect``
+    and again in ``connect_check_health``, as TCP connections do not: every new
+    connection of a run, the daemon or a client paid a round trip more.
+    """
+
+    async def _connect(self) -> None:
+        async with asyncio.timeout(self.socket_connect_timeout):
+            reader, writer = await asyncio.open_unix_connection(path=self.path)
+        self._reader = reader
+        self._writer = writer
 
 
 SENTINEL_RECHECK_S = 1.0

@@ -92,3 +92,26 @@ async def test_the_client_raises_redis_unavailable_when_redis_is_gone(
             await client.wait(task, timeout_s=5)
     finally:
         await client.close()
+
+
+async def test_a_new_unix_socket_connection_says_hello_once(private_redis: RedisServer) -> None:
+    """redis-py 8.1's unix-socket connection ran its handshake twice (TCP once): a round
+    trip more for every connection each run, daemon and client opens."""
+    from agent_runtime.redis_connection import connect
+
+    def hellos(info: dict[str, object]) -> int:
+        stats = info.get("cmdstat_hello")
+        return int(stats["calls"]) if isinstance(stats, dict) else 0
+
+    probe = connect(private_redis.url)
+    try:
+        before = hellos(await probe.info("commandstats"))
+        fresh = connect(private_redis.url, client_name="fresh")
+        try:
+            await fresh.ping()
+        finally:
+            await fresh.aclose()
+        # The probe's own connection is open already: only the fresh one's handshake counts.
+        assert hellos(await probe.info("commandstats")) - before == 1
+    finally:
+        await probe.aclose()
