@@ -49,7 +49,7 @@ def run_marker(task_id: str) -> bytes:
 
 class MarkerSweep:
     """This daemon's marked descendants, by run, from one walk that every kill and check
-    made within ``reuse_s`` of it shares.
+    made within ``reuse_s`` of its end shares.
 
     A walk reads the environment of every descendant, so of every process of every
     run: walked per kill and per check, a mass abort of N runs read N x N environments
@@ -68,14 +68,13 @@ class MarkerSweep:
 
     def marked(self, task_id: str) -> list[int]:
         """The daemon's descendants that carry ``task_id``'s marker now."""
-        now = time.monotonic()
-        if now - self._walked_at > self._reuse_s:
-            self._walk(now)
+        if time.monotonic() - self._walked_at > self._reuse_s:
+            self._walk()
         marker = run_marker(task_id)
         # Found by a walk, and still carrying it: a PID gone or reused since does not count.
         return [pid for pid in self._by_task.get(task_id, ()) if carries_marker(pid, marker)]
 
-    def _walk(self, now: float) -> None:
+    def _walk(self) -> None:
         by_task: defaultdict[str, list[int]] = defaultdict(list)
         for pid in descendants(os.getpid()):
             try:
@@ -87,5 +86,7 @@ class MarkerSweep:
                     by_task[entry[len(_MARKER_PREFIX) :].decode(errors="replace")].append(pid)
                     break
         self._by_task = dict(by_task)
-        self._walked_at = now
+        # From its end: a walk of hundreds of runs' processes takes longer than the window,
+        # and dated from its start, every kill of a mass abort walked again.
+        self._walked_at = time.monotonic()
         self.walks += 1
