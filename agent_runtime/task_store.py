@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, NamedTuple
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ResponseError
 
 from ._replica_wait import run_confirmed
@@ -488,6 +489,17 @@ class TaskStore:
         """The prefix of every key this store touches."""
         return self.keys.prefix
 
+    async def _run(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        """Runs one of the state machine's scripts; with a URL's ``?wait_replicas=N``,
+        acknowledged only once N replicas have its writes (the record, its events stream
+        entry, the runs stream entry), so a failover cannot undo it."""
+        wait = replica_wait_of(self.client)
+        if wait is None:
+            return await script(keys=keys, args=args)
+        return await run_confirmed(
+            self.client, script, keys, args, wait, f"the {self.keys.prefix!r} store"
+        )
+
     @asynccontextmanager
     async def _named(self, task_id: str) -> AsyncIterator[None]:
         """Turns Redis's WRONGTYPE about a task key into a :class:`WrongTypeError` naming it."""
@@ -556,9 +568,10 @@ class TaskStore:
         )
         flat = _flat(record)
         async with self._named(task_id):
-            status, other = await self._submit(
-                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                args=[
+            status, other = await self._run(
+                self._submit,
+                [self.keys.task(task_id), self.keys.run_events(task_id)],
+                [
                     self.keys.coordination,
                     task_id,
                     session.part,
@@ -602,9 +615,10 @@ class TaskStore:
         event = self._event(task_id, TaskState.STARTING.value, now, fields)
         flat = _flat(fields)
         async with self._named(task_id):
-            status, other = await self._claim(
-                keys=[self.keys.task(task_id), self.keys.run_events(task_id)],
-                args=[
+            status, other = await self._run(
+                self._claim,
+                [self.keys.task(task_id), self.keys.run_events(task_id)],
+                [
                     self.keys.coordination,
                     task_id,
                     session.part,
@@ -695,23 +709,12 @@ class TaskStore:
             fields.setdefault("ended_at", repr(now))
         sources = tuple(allowed_from) if allowed_from is not None else _ALLOWED_FROM[state]
         event = self._event(task_id, state.value, now, fields)
-        keys = [self.keys.task(task_id), self.keys.run_events(task_id)]
-        args = self._transition_args(task_id, state, sources, event, fields, in_line_only, epoch)
-        wait = replica_wait_of(self.client)
         async with self._named(task_id):
-            if wait is None:
-                status, prev = await self._transition(keys=keys, args=args)
-            else:
-                # The record and its events stream entry, on the replicas before the
-                # transition counts as done (a URL's ?wait_replicas=N).
-                status, prev = await run_confirmed(
-                    self.client,
-                    self._transition,
-                    keys,
-                    args,
-                    wait,
-                    f"the {self.keys.prefix!r} store",
-                )
+            status, prev = await self._run(
+                self._transition,
+                [self.keys.task(task_id), self.keys.run_events(task_id)],
+                self._transition_args(task_id, state, sources, event, fields, in_line_only, epoch),
+            )
         status = as_text(status)
         if status == "OK":
             await self._history(event)
