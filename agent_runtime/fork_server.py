@@ -192,8 +192,14 @@ def _fork_run(
                         os.write(write_end, b"%d" % os.getpid())
                         os.close(write_end)
                         _become_run(spec, daemon, me, log_fd, go_read, server)
+                    except BaseException:  # os._exit below would swallow it
+                        traceback.print_exc()
                     finally:
                         os._exit(127)
+            except BaseException:  # a cgroup join, a limit, a fork refused (EAGAIN)
+                print(f"fork server: intermediate of {request.get('task_id')!r}:", file=sys.stderr)
+                traceback.print_exc()
+                os._exit(1)
             finally:
                 os._exit(0)
     except BaseException:

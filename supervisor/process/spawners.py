@@ -189,6 +189,7 @@ class ForkServerSpawner:
         self._replies: dict[str, dict[str, object] | None] = {}  # spawns in flight
         self._reading = False  # a spawn is reading the socket for everyone
         self._read = anyio.Event()  # set (and replaced) after each read
+        self._sending = anyio.Lock()
         self.restarts = 0
         """Times a lost server was replaced on the spawn path (the metrics read it)."""
 
@@ -244,7 +245,7 @@ class ForkServerSpawner:
             self._replies[task_id] = None
             try:
                 try:
-                    await self._send(request)
+                    await self._send(request, generation)
                     answer = await self._reply(task_id, generation)
                 except _ServerGone as exc:
                     # A run it forked waits for "go", which a dead server never writes:
@@ -253,10 +254,15 @@ class ForkServerSpawner:
                     if attempt == 2:
                         raise SpawnError(f"the fork server failed twice: {exc}") from exc
                     continue
+                except SpawnError as exc:  # no answer in time: replaced, as below
+                    self._lost(generation, exc)
+                    raise
                 except BaseException:
-                    # It may still fork this run and answer late, and start it: nobody
-                    # would watch it. Killing the server ends it unstarted (the other
-                    # spawns in flight retry on a new one).
+                    # Cancelled (the daemon stops). The server may still fork this run and
+                    # answer late: killing it ends such a run unstarted (it waits for "go";
+                    # the other spawns in flight retry on a new one). A run already
+                    # answered for was started: nobody would watch it, so it is killed.
+                    self._kill_answered(task_id)
                     self._lost(generation, None)
                     raise
             finally:
@@ -266,18 +272,47 @@ class ForkServerSpawner:
             return int(str(answer["pid"]))
         raise AssertionError("unreachable")
 
-    async def _send(self, request: bytes) -> None:
+    async def _send(self, request: bytes, generation: int) -> None:
+        # One sender at a time: anyio lets only one task wait for a socket to be writable
+        # (a second gets BusyResourceError), and a full queue makes every sender wait.
+        async with self._sending:
+            await self._send_now(request, generation)
+
+    async def _send_now(self, request: bytes, generation: int) -> None:
         while True:
             sock = self._sock
-            if sock is None:
+            if sock is None or self._generation != generation:
+                # Never to a newer server: this spawn's retry writes its spec file again
+                # and asks that one, and a second request would find the file taken.
                 raise _ServerGone("the fork server was given up before the request went out")
             try:
                 sock.send(request)  # one datagram: concurrent sends never interleave
                 return
             except BlockingIOError:
-                await anyio.wait_writable(sock)
+                # Its queue is full (a burst while it preloads): wait, but not for ever.
+                try:
+                    with anyio.fail_after(self.reply_timeout_s):
+                        await anyio.wait_writable(sock)
+                except TimeoutError:
+                    raise SpawnError(
+                        f"the fork server took no request in {self.reply_timeout_s:g}s "
+                        f"(still preloading? see {self.log_path})"
+                    ) from None
+                except anyio.ClosedResourceError:  # another spawn gave this server up
+                    raise _ServerGone(
+                        "the fork server was given up while the request waited"
+                    ) from None
             except OSError as exc:  # the server died before it read anything: resend
                 raise _ServerGone(str(exc)) from exc
+
+    def _kill_answered(self, task_id: str) -> None:
+        answer = self._replies.get(task_id)
+        pid = answer.get("pid") if answer is not None else None
+        if isinstance(pid, int) and pid > 0:
+            # Its own group (it called setsid before the answer), the daemon's unreaped
+            # child: the number cannot name anyone else yet.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
     async def _reply(self, task_id: str, generation: int) -> dict[str, object]:
         try:
@@ -337,7 +372,7 @@ class ForkServerSpawner:
             return
         if why is not None:
             log.warning("fork server lost (%s); restarting it", why)
-            self.restarts += 1
+        self.restarts += 1
         self.close()
 
     def close(self) -> None:

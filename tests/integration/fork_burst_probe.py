@@ -5,8 +5,9 @@ the moment its PID was reported, as JSON (then kills them all).
 CASE is ``parallel`` (every run in its own cgroup leaf), ``one-bad`` (one of them names a
 cgroup that does not exist), ``one-frozen`` (one of them names a frozen leaf, so its
 intermediate stops as it joins: the others must be spawned all the same, then it is
-thawed) or ``server-killed`` (the server is stopped before it reads
-the requests, then killed with all of them in flight).
+thawed), ``server-killed`` (the server is stopped before it reads
+the requests, then killed with all of them in flight) or ``queue-full`` (the same, with a
+send buffer so small that some requests wait to be sent when the server is lost).
 
 A separate process because the runs are orphaned to the nearest child subreaper: this
 probe is one, as the daemon is.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -101,9 +103,14 @@ async def main(redis_url: str, state: Path, case: str) -> dict[str, object]:
             "warm", "examples.agents:slow_agent", None, "u", "w", "go", redis_url, "p:", None
         )
         pids.append(await spawner.spawn(warm, RunContainer("warm"), state / "warm.log"))
-        if case == "server-killed":
+        if case in ("server-killed", "queue-full"):
             assert spawner.server_pid is not None
             os.kill(spawner.server_pid, signal.SIGSTOP)
+        if case == "queue-full":
+            # The kernel's smallest send buffer holds a request or two: the rest wait.
+            sock = spawner._sock  # the race needs the real socket
+            assert sock is not None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
 
         async def one(i: int) -> None:
             task = f"burst-{i}"
@@ -137,8 +144,9 @@ async def main(redis_url: str, state: Path, case: str) -> dict[str, object]:
                         await anyio.sleep(0.01)
                 results["order"] = list(spawned)
                 (base / "run-0" / "cgroup.freeze").write_text("0")
-            if case == "server-killed":
-                # Every request is sent (the spawns wait for their replies) before the kill.
+            if case in ("server-killed", "queue-full"):
+                # Every request is sent, or waits to be (the spawns wait for their
+                # replies), before the kill.
                 while len(os.listdir(state / "specs")) < RUNS:
                     await anyio.sleep(0.01)
                 await anyio.sleep(0.2)

@@ -72,6 +72,20 @@ def test_a_server_lost_with_requests_in_flight_is_replaced_once_and_each_run_sta
     assert result["restarts"] == 1
 
 
+def test_requests_waiting_for_a_full_queue_are_asked_again_when_the_server_is_lost(
+    tmp_path: Path, redis_url: str
+) -> None:
+    # A burst while the server is busy fills its queue: spawns wait to send. When the
+    # server is lost, those waits ended with anyio's ClosedResourceError, no SpawnError,
+    # which the daemon does not catch (the run stayed `starting`, its leaf leaked).
+    result = _probe(redis_url, tmp_path, "queue-full")
+    runs = result["runs"]
+    assert len(runs) == 6 and all("pid" in facts for facts in runs.values()), runs
+    _assert_contained(runs)
+    assert result["marked"] == dict.fromkeys(runs, 1)
+    assert result["restarts"] == 1
+
+
 def test_spawns_do_not_wait_for_one_whose_intermediate_is_stuck(
     tmp_path: Path, redis_url: str
 ) -> None:
