@@ -28,6 +28,7 @@ from redis.exceptions import (
     RedisClusterException,
     RedisError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -138,6 +139,26 @@ _OUTAGE_REPLY = re.compile(
 # AskError covers MovedError: a redirect that redis-py gave up following (slots moving
 # faster than its retries, a failover in progress).
 _OUTAGE_CLASSES = (ReadOnlyError, MasterDownError, TryAgainError, ClusterDownError, AskError)
+
+
+# What redis-py's cluster client says, without a reply of Redis's, when the cluster is
+# out of reach or mid-failover; its other RedisClusterExceptions are our bugs (keys of
+# several slots in one call) or a wrong URL (cluster mode disabled on the node).
+_CLUSTER_OUTAGE = re.compile(
+    r"cannot be connected|could not agree on a valid slots cache|slots are not covered"
+)
+
+
+def _cluster_outage(error: BaseException) -> bool:
+    if isinstance(error, ClusterError | SlotNotCoveredError):
+        return True
+    text = str(error)
+    # "cannot be connected ...: Cluster mode is not enabled on this node" is a wrong URL.
+    return (
+        isinstance(error, RedisClusterException)
+        and "not enabled" not in text
+        and _CLUSTER_OUTAGE.search(text) is not None
+    )
 
 
 def outage_reply(error: BaseException) -> bool:
@@ -543,7 +564,11 @@ def explain_redis_error(error: BaseException, url: str | None = None) -> str | N
             return f"the cluster at {where} is moving slots or failing over ({error}): retry"
         reply = "MOVED" if isinstance(error, MovedError) else "ASK"
         return f"{where} is a Redis Cluster node: use {CLUSTER_FORM} (it answered {reply} {error})"
-    if isinstance(error, ReadOnlyError) and not (url and is_cluster_url(url)):
+    # Through a Sentinel or Cluster URL, READONLY is a failover in progress, not a wrong URL.
+    failover_aware = url is not None and (
+        is_cluster_url(url) or urlsplit(url).scheme in SENTINEL_SCHEMES
+    )
+    if isinstance(error, ReadOnlyError) and not failover_aware:
         return (
             f"{where} is a read-only replica (READONLY): point the URL at the primary, or use "
             f"{SENTINEL_FORM}"
@@ -585,6 +610,8 @@ async def translate_redis_errors(where: str) -> AsyncIterator[None]:
         # A subclass of ConnectionError in redis-py, but retrying will not help.
         raise
     except (ClusterError, RedisClusterException) as exc:
+        if not _cluster_outage(exc):
+            raise  # a cross-slot call or a wrong URL: no retry helps
         # No node reachable, a slot no node serves, the cluster's retries used up.
         raise RedisUnavailableError(
             f"the Redis Cluster at {where} cannot take the call now ({exc}); the call may "

@@ -12,7 +12,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from agent_runtime.redis_connection import RedisUnavailableError
 
@@ -49,3 +49,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TaskNotFoundError, _not_found)
     app.add_exception_handler(RedisUnavailableError, _unavailable)
     app.add_exception_handler(RedisError, _unavailable)
+    # Not a RedisError: what redis-py's cluster client raises when no node answers.
+    app.add_exception_handler(RedisClusterException, _unavailable)

@@ -321,6 +321,29 @@ async def test_cluster_replies_of_a_failover_reach_callers_as_unavailable() -> N
             raise redis.exceptions.ClusterCrossSlotError("CROSSSLOT")
 
 
+async def test_a_wrong_url_through_the_cluster_client_is_not_an_outage(
+    redis_server: RedisServer,
+) -> None:
+    # redis-py's cluster client says so itself (a RedisClusterException, no reply of
+    # Redis's): called "unavailable, safe to retry", it hid the wrong URL from the CLI's
+    # explanation and background loops retried it for ever.
+    url = "redis+cluster://" + redis_server.tcp_url.removeprefix("redis://").split("/")[0]
+    client = connect(url)
+    try:
+        with pytest.raises(redis.exceptions.RedisClusterException) as raised:
+            async with translate_redis_errors(url):
+                await client.ping()
+        assert not isinstance(raised.value, RedisUnavailableError)
+        assert "is not a Redis Cluster" in (explain_redis_error(raised.value, url) or "")
+    finally:
+        await client.aclose()
+    with pytest.raises(RedisUnavailableError):
+        async with translate_redis_errors("redis+cluster://h:7000"):
+            raise redis.exceptions.RedisClusterException(
+                "Redis Cluster cannot be connected. Please provide at least one reachable node"
+            )
+
+
 def test_runs_connect_as_a_shared_confined_user_made_on_every_node(
     redis_cluster: ClusterTopology, start_daemon: Callable[..., Daemon], key_prefix: str
 ) -> None:
