@@ -43,7 +43,7 @@ from google.genai import types
 
 from .keys import KeySchema
 from .redis_connection import as_text
-from .run_spec import TASK_ENV
+from .run_spec import RESUMABLE_CHECK_MARK, TASK_ENV
 from .sessions.service import FencedWriteError, RedisSessionService
 from .workspace import Snapshot, SnapshotTooLargeError, UnsafeSnapshotError, pack, restore
 
@@ -283,20 +283,23 @@ def resumable_problem(ref: str, name: str | None) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m agent_runtime.durable REF NAME [REF NAME ...]``: prints one line
-    ``NAME<TAB>why`` per app that cannot be resumed (exit 1), or nothing (exit 0).
+    """``python -m agent_runtime.durable REF NAME [REF NAME ...]``: prints one line per app,
+    ``<mark><TAB>NAME<TAB>ok`` or ``<mark><TAB>NAME<TAB>why it cannot be resumed``
+    (:data:`RESUMABLE_CHECK_MARK` tells them from what an app prints as it is imported);
+    exit 1 if any cannot.
 
     The daemon and check-config run it in one subprocess for every durable app, so
     neither imports ADK or an app itself, and ADK is imported once, not once per app.
+    An app missing from the output was not checked (the interpreter died first).
     """
     if len(argv) % 2:
         argv = [*argv, ""]
     failed = False
     for ref, name in zip(argv[::2], argv[1::2], strict=True):
         problem = resumable_problem(ref, name or None)
-        if problem:
-            print(f"{name}\t{' '.join(problem.split())}")
-            failed = True
+        verdict = " ".join(problem.split()) if problem else "ok"
+        print(f"{RESUMABLE_CHECK_MARK}\t{name}\t{verdict}", flush=True)
+        failed = failed or problem is not None
     return 1 if failed else 0
 
 

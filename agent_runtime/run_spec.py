@@ -15,6 +15,7 @@ from typing import Any, Final
 __all__ = [
     "MARKER_ROOM",
     "PRELOAD_ENV",
+    "RESUMABLE_CHECK_MARK",
     "RUN_ENV",
     "SERVER_FD",
     "TASK_ENV",
@@ -27,6 +28,9 @@ RUN_ENV: Final = "ADK_SUPERVISOR_RUN"
 TASK_ENV: Final = "ADK_SUPERVISOR_TASK_ID"
 """Every process of a run carries ``TASK_ENV=<task_id>`` in its exec-time environment:
 the pgroup sweep and reconcile find escaped processes by it."""
+RESUMABLE_CHECK_MARK: Final = "adk-supervisor-resumable"
+"""Starts each verdict line of ``python -m agent_runtime.durable`` (the daemon's check of
+its durable apps), which tells them from what an app prints as it is imported."""
 PRELOAD_ENV: Final = "ADK_SUPERVISOR_PRELOAD"
 """The fork server's apps to import at start (a JSON list of import paths)."""
 SERVER_FD: Final = 3

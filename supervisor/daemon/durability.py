@@ -12,6 +12,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from agent_runtime.run_spec import RESUMABLE_CHECK_MARK
+
 from ..config import Settings
 from ..errors import ConfigError
 
@@ -39,17 +41,20 @@ def durable_app_problems(settings: Settings) -> list[str]:
         return [
             f'[apps.{n}] on_orphan = "resume": cannot check {r}: {exc}' for n, r in durable.items()
         ]
-    problems = []
+    verdicts: dict[str, str] = {}
     for line in done.stdout.splitlines():
-        name, _, why = line.partition("\t")
-        if name in durable and why:
-            problems.append(
-                f'[apps.{name}] on_orphan = "resume" refused for {durable[name]}: {why}'
-            )
-    if done.returncode != 0 and not problems:
-        # It died before naming an app (an import that kills the interpreter).
-        why = done.stderr.strip()[-2000:] or f"exit {done.returncode}"
-        problems.append(f'on_orphan = "resume": cannot check {", ".join(durable)}: {why}')
+        mark, _, rest = line.partition("\t")
+        if mark == RESUMABLE_CHECK_MARK:
+            name, _, why = rest.partition("\t")
+            verdicts[name] = why
+    problems = []
+    for name, ref in durable.items():
+        verdict = verdicts.get(name)
+        if verdict is None:  # the checker died first (an import that exits the interpreter)
+            died = done.stderr.strip()[-2000:] or f"exit {done.returncode}"
+            problems.append(f'[apps.{name}] on_orphan = "resume": cannot check {ref}: {died}')
+        elif verdict != "ok":
+            problems.append(f'[apps.{name}] on_orphan = "resume" refused for {ref}: {verdict}')
     return problems
 
 

@@ -198,6 +198,8 @@ def test_check_config_refuses_resume_for_an_app_that_is_not_resumable(
     apps = {
         "plain": {"ref": D + "not_resumable_app", "on_orphan": "resume"},
         "gone": {"ref": "tests.integration.no_such_module:app", "on_orphan": "resume"},
+        # Checked last, it ends the checker's interpreter: it is named as not checked.
+        "zexit": {"ref": "tests.integration.exiting_app:app", "on_orphan": "resume"},
         **APPS,
     }
     daemon = Daemon(None, "x:", tmp_path / "s", "auto", ADK_SUPERVISOR_APPS=json.dumps(apps))
@@ -207,6 +209,7 @@ def test_check_config_refuses_resume_for_an_app_that_is_not_resumable(
     assert "[apps.plain]" in done.stderr and "ResumabilityConfig(is_resumable=True)" in done.stderr
     assert "[apps.gone]" in done.stderr and "no_such_module" in done.stderr
     assert "[apps.durable]" not in done.stderr
+    assert '[apps.zexit] on_orphan = "resume": cannot check' in done.stderr
     daemon.env["ADK_SUPERVISOR_APPS"] = json.dumps(APPS)
     assert daemon.cli("check-config").returncode == 0
 
