@@ -16,8 +16,10 @@ import time
 from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .keys import KeySchema
+from .redis_connection import REDIS_ERRORS, outage_reply
 from .run_events import DEFAULT_EVENTS_MAXLEN, append_entry
 
 if TYPE_CHECKING:
@@ -26,6 +28,13 @@ if TYPE_CHECKING:
 __all__ = ["EventWriter"]
 
 COALESCE_S = 0.05
+FAILOVER_PATIENCE_S = 30.0
+"""How long an entry is retried while Redis cannot take it (a failover in progress)."""
+
+
+def _retryable(error: BaseException) -> bool:
+    # Error replies other than a failover's (WRONGTYPE, a fenced epoch) are final.
+    return not isinstance(error, ResponseError) or outage_reply(error)
 
 
 def _text_only(event: Event) -> bool:
@@ -113,12 +122,25 @@ class EventWriter:
 
     async def _send(self, event: Event) -> None:
         data = event.model_dump_json(by_alias=True, exclude_none=True)
-        await append_entry(
-            self._client,
-            self._keys,
-            self._task_id,
-            "event",
-            data,
-            maxlen=self._maxlen,
-            epoch=self._epoch,
-        )
+        # Through a failover (a dead primary until its replica takes over, a few seconds
+        # on a Redis Cluster): the run goes on rather than failing on its first refused
+        # entry. A retried entry whose first attempt landed shows twice in the stream.
+        deadline = time.monotonic() + FAILOVER_PATIENCE_S
+        delay = 0.05
+        while True:
+            try:
+                await append_entry(
+                    self._client,
+                    self._keys,
+                    self._task_id,
+                    "event",
+                    data,
+                    maxlen=self._maxlen,
+                    epoch=self._epoch,
+                )
+                return
+            except REDIS_ERRORS as exc:
+                if not _retryable(exc) or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
