@@ -280,6 +280,7 @@ class Supervisor:
                 # A wrong kind of Redis never heals: say so and stop, not retry for ever.
                 if problem := await topology_problem(self.client, self.redis_url):
                     raise RedisTopologyError(problem)
+                await self._warn_of_old_layout()
                 await self.health.check_node_free()
                 report = await self._reconcile()
                 # After reconcile killed this node's old runs: their users go with them.
@@ -308,6 +309,20 @@ class Supervisor:
                 return report
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, _START_BACKOFF_MAX_S)
+
+    async def _warn_of_old_layout(self) -> None:
+        # The coordination keys had no hash tag before (`adk:runs`, not `adk:{adk:}runs`):
+        # runs queued there, and daemons of that layout, are invisible to this one.
+        prefix = self.store.keys.prefix
+        old = [f"{prefix}runs", f"{prefix}nodes"]
+        if any([await self.client.exists(key) for key in old]):
+            log.warning(
+                "found %s of the key layout before <prefix>{<prefix>}...: "
+                "runs queued there are not taken and daemons of that version do not see this "
+                "one. Drain those daemons (adk-supervisor drain) and let their runs end, then "
+                "DEL the old keys",
+                " or ".join(old),
+            )
 
     async def _reconcile(self) -> ReconcileReport:
         key = self.store.keys.node_tasks(self.node_id)

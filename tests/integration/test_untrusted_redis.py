@@ -70,3 +70,15 @@ async def test_a_node_registry_of_the_wrong_type_does_not_stop_the_daemon(
     done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
     assert done["state"] == "completed"
     assert daemon.logged(f"{client.store.keys.nodes} holds the wrong kind of value")
+
+
+async def test_keys_of_the_layout_before_the_hash_tag_are_named_at_start(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # An upgrade while runs waited on the old stream would strand them without a word.
+    prefix = client.store.keys.prefix
+    await client.client.xadd(f"{prefix}runs", {"task_id": "old", "app": "x"})
+    daemon = start_daemon()
+    assert daemon.logged(f"found {prefix}runs or {prefix}nodes of the key layout before")
+    done = await client.wait(await client.submit(A + "weather_agent", "hi", user_id="u"), 60)
+    assert done["state"] == "completed"
