@@ -504,7 +504,12 @@ def open_pubsub(client: aioredis.Redis) -> PubSub:
     last = _last_node.get(client)
     node = nodes[(names.index(last) + 1) % len(nodes)] if last in names else nodes[0]
     _last_node[client] = node.name
-    if options.pop("ssl", False):
+    # connect() notes ``ssl=True``; a RedisCluster built elsewhere keeps its connection
+    # class instead (SSLConnection), with no ``ssl`` key.
+    tls = options.pop("ssl", False) or issubclass(
+        client.connection_kwargs.get("connection_class", object), aioredis.SSLConnection
+    )
+    if tls:
         options["connection_class"] = aioredis.SSLConnection
     else:
         options = {k: v for k, v in options.items() if not k.startswith("ssl_")}

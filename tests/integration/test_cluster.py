@@ -321,6 +321,17 @@ async def test_cluster_replies_of_a_failover_reach_callers_as_unavailable() -> N
             raise redis.exceptions.ClusterCrossSlotError("CROSSSLOT")
 
 
+async def test_a_tls_cluster_client_built_elsewhere_gets_a_tls_pubsub_link() -> None:
+    # The plugin takes a caller's RedisCluster: its abort feed must not go plaintext
+    # (a TLS-only cluster would refuse it, and the run would never hear an abort).
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.connection import SSLConnection
+
+    client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", 7000)], ssl=True)
+    link = open_pubsub(client)  # type: ignore[arg-type]
+    assert issubclass(link.connection_pool.connection_class, SSLConnection)
+
+
 async def test_a_wrong_url_through_the_cluster_client_is_not_an_outage(
     redis_server: RedisServer,
 ) -> None:
