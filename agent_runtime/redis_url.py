@@ -236,10 +236,11 @@ def describe_topology(url: str | None) -> str:
     parsed = parse_sentinel_url(url)
     sentinels = ", ".join(f"{host}:{port}" for host, port in parsed.sentinels)
     wait = (
-        f"session appends wait for {parsed.wait_replicas} replica(s) "
+        f"task submits, claims and transitions and session appends wait for "
+        f"{parsed.wait_replicas} replica(s) "
         f"(WAIT, {parsed.wait_timeout_ms} ms) before they are acknowledged"
         if parsed.wait_replicas
-        else "session appends are acknowledged by the master alone (add ?wait_replicas=1 "
+        else "writes are acknowledged by the master alone (add ?wait_replicas=1 "
         "to confirm each on a replica)"
     )
     return (
