@@ -545,15 +545,13 @@ def _follow(
     """Prints a run's entries (live: until its end); Ctrl-C aborts it when ``stop``.
 
     Exits as ``wait`` does once the run ended: 0 only if it completed."""
-    import anyio
-
-    from ._run_view import RunView
-    from .client import SupervisorClient
-
-    view = RunView()
     ended: list[str] = []
 
     async def run() -> None:
+        from ._run_view import RunView
+        from .client import SupervisorClient
+
+        view = RunView()
         async with SupervisorClient(url, prefix) as client:
             async for entry in client.events(task_id, after=after, follow=live):
                 if as_json:
@@ -565,6 +563,10 @@ def _follow(
                     ended.append(str(entry.data.get("state")))
 
     try:
+        # The imports too: a Ctrl-C while they load (a second on a busy host) must
+        # abort the run as well, not just end the CLI.
+        import anyio
+
         anyio.run(run)
     except KeyboardInterrupt:
         if not stop:

@@ -116,3 +116,20 @@ async def test_ctrl_c_while_following_aborts_the_run_unless_detached(
             assert "aborted" in err
             record = await client.wait(task, 30)
             assert record["state"] == "aborted" and record["reason"] == "interrupted (Ctrl-C)"
+
+
+async def test_ctrl_c_at_once_after_submit_aborts_the_run(
+    start_daemon: Callable[..., Daemon], client: SupervisorClient
+) -> None:
+    # The CLI loads its Redis client after printing the task id: a Ctrl-C then (a busy
+    # host takes a second) ended the CLI with 130 and left the run going.
+    daemon = start_daemon()
+    proc = _popen(daemon, "submit", A + "slow_agent", "go", "--user-id", "u", "--follow")
+    assert proc.stderr is not None
+    task = proc.stderr.readline().split()[1]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1, err
+    assert "aborted" in err
+    record = await client.wait(task, 30)
+    assert record["state"] == "aborted" and record["reason"] == "interrupted (Ctrl-C)"
