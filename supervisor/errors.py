@@ -16,6 +16,7 @@ __all__ = [
     "DaemonUnavailable",
     "NodeIdInUse",
     "RedisServerError",
+    "RedisTopologyError",
     "RequestError",
     "RunCredentialsUnavailable",
     "SessionBusyError",

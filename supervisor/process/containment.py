@@ -46,7 +46,6 @@ __all__ = [
     "RunContainer",
     "choose_containment",
     "find_writable_cgroup2",
-    "leave_own_cgroup",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,11 +73,11 @@ def find_writable_cgroup2() -> Path | None:
     return path
 
 
-DAEMON_LEAF = "supervisor"
-"""The leaf of its own cgroup the daemon moves into (see :func:`leave_own_cgroup`)."""
+# The leaf of its own cgroup the daemon moves into (see _leave_own_cgroup).
+_DAEMON_LEAF = "supervisor"
 
 
-def leave_own_cgroup(own: Path) -> Path | None:
+def _leave_own_cgroup(own: Path) -> Path | None:
     """Moves this process (and its children) out of ``own`` into ``own/supervisor``.
 
     cgroup v2 hands controllers (memory, pids, cpu) down to child cgroups only
@@ -100,7 +99,7 @@ def leave_own_cgroup(own: Path) -> Path | None:
     ours = {me, *_descendants(me)}
     if not pids or any(pid not in ours for pid in pids):
         return None
-    leaf = own / DAEMON_LEAF
+    leaf = own / _DAEMON_LEAF
     try:
         leaf.mkdir(exist_ok=True)
         for pid in pids:
@@ -371,7 +370,7 @@ def choose_containment(
     parent = find_writable_cgroup2()
     if parent is not None:
         try:
-            leave_own_cgroup(parent)
+            _leave_own_cgroup(parent)
             return CgroupContainment(parent, node_id)
         except OSError as exc:
             if mode == "cgroup":

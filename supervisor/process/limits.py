@@ -136,7 +136,7 @@ class Limiter:
         except OSError:
             return set()
         # The node's directory gets a controller only if its parent (the daemon's own
-        # cgroup, emptied by containment.leave_own_cgroup) hands it down first.
+        # cgroup, emptied by containment._leave_own_cgroup) hands it down first.
         parent = self.v2_node_dir.parent
         try:
             handed = set((parent / "cgroup.subtree_control").read_text().split())
