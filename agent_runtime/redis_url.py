@@ -84,25 +84,11 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if parts.scheme not in SENTINEL_SCHEMES:
         raise ValueError(f"not a Sentinel URL ({SENTINEL_FORM})")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    sentinels: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep:
-            host, port = item.strip(), "26379"
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(
-                f"bad sentinel address {item!r} in {redact_url(url)!r}: {SENTINEL_FORM}"
-            )
-        sentinels.append((host, int(port)))
+    sentinels = _hosts(hostlist, 26379, "sentinel", url, SENTINEL_FORM)
     path = [segment for segment in parts.path.split("/") if segment]
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{redact_url(url)!r} names no master (or a bad db): {SENTINEL_FORM}")
-    username = password = None
-    if userinfo:
-        user, sep, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if sep else None
+    username, password = _credentials(userinfo)
     options = dict(parse_qsl(parts.query))
     unknown = sorted(set(options) - _SENTINEL_OPTIONS)
     if unknown:
@@ -112,7 +98,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         )
     wait_replicas, wait_timeout_ms = _wait_options(options)
     return SentinelURL(
-        sentinels=tuple(sentinels),
+        sentinels=sentinels,
         service=unquote(path[0]),
         db=int(path[1]) if len(path) == 2 else 0,
         tls=parts.scheme == "rediss+sentinel",
@@ -153,15 +139,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
     if parts.scheme not in CLUSTER_SCHEMES:
         raise ValueError(f"not a Redis Cluster URL ({CLUSTER_FORM})")
     userinfo, _, hostlist = parts.netloc.rpartition("@")
-    nodes: list[tuple[str, int]] = []
-    for item in hostlist.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep:
-            host, port = item.strip(), "6379"
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"bad node address {item!r} in {redact_url(url)!r}: {CLUSTER_FORM}")
-        nodes.append((host, int(port)))
+    nodes = _hosts(hostlist, 6379, "node", url, CLUSTER_FORM)
     if parts.path.strip("/"):
         # A cluster has database 0 only.
         raise ValueError(
@@ -175,19 +153,39 @@ def parse_cluster_url(url: str) -> ClusterURL:
             f"{sorted(_CLUSTER_OPTIONS)}"
         )
     wait_replicas, wait_timeout_ms = _wait_options(options)
-    username = password = None
-    if userinfo:
-        user, sep, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if sep else None
+    username, password = _credentials(userinfo)
     return ClusterURL(
-        nodes=tuple(nodes),
+        nodes=nodes,
         tls=parts.scheme == "rediss+cluster",
         username=username,
         password=password,
         wait_replicas=wait_replicas,
         wait_timeout_ms=wait_timeout_ms,
     )
+
+
+def _hosts(
+    hostlist: str, default_port: int, what: str, url: str, form: str
+) -> tuple[tuple[str, int], ...]:
+    """``host[:port],host[:port]...`` of a Sentinel or Cluster URL, each checked."""
+    hosts = []
+    for item in hostlist.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), str(default_port)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad {what} address {item!r} in {redact_url(url)!r}: {form}")
+        hosts.append((host, int(port)))
+    return tuple(hosts)
+
+
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    """(username, password) of a URL's ``user:password`` part, percent-decoded."""
+    if not userinfo:
+        return None, None
+    user, sep, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if sep else None
 
 
 def redact_url(url: str) -> str:
