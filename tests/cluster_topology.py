@@ -177,7 +177,7 @@ class ClusterTopology:
         def synced() -> bool:
             with self.node(port) as client:
                 info = client.info("replication")
-            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+            return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
 
         self._until(synced, timeout, f"{port} never synced as a replica")
 

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from google.adk.errors._stale_session_error import StaleSessionError
 from google.adk.events.event import Event
-from redis.cluster import key_slot
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from agent_runtime import RedisSessionService
@@ -118,7 +118,7 @@ async def _terminal_entries(client: SupervisorClient, key_prefix: str, task_id: 
     key = KeySchema(key_prefix).run_events(task_id)
     entries = await _retried(lambda: client.client.xrange(key))
     states = []
-    for _id, fields in entries:
+    for _id, fields in entries or []:
         assert isinstance(fields, dict)
         if fields.get(b"type") == b"state":
             state = json.loads(fields[b"data"]).get("state")
