@@ -330,9 +330,14 @@ class Launcher:
         )
         self._metrics.running(run.task_id)
         # An abort published between the first check and registering the run found
-        # nothing to kill.
-        with contextlib.suppress(*REDIS_ERRORS):
+        # nothing to kill. Whatever this raises, the run's watch (a task of the same
+        # group) must go on.
+        try:
             await self._aborts.recheck([run.task_id])
+        except REDIS_ERRORS:
+            pass
+        except Exception:
+            log.exception("task %s: abort mark re-check failed", run.task_id)
 
     async def _note_kill(self, run: ActiveRun) -> None:
         """Appends ``killing`` to the run's events stream once a kill was sent (after it:
@@ -347,7 +352,7 @@ class Launcher:
         )
         # Best effort, and bounded: the terminal entry (which waits for this one, to keep
         # the order) carries the outcome anyway.
-        with anyio.move_on_after(_NOTE_TIMEOUT_S), contextlib.suppress(*REDIS_ERRORS):
+        with anyio.move_on_after(_NOTE_TIMEOUT_S), contextlib.suppress(Exception):
             await append_entry(
                 self._store.client,
                 self._store.keys,
@@ -489,7 +494,9 @@ class Launcher:
             self._limiter.release(run.task_id)
             error = ""
             if ended_badly(run.exit, run.kill):
-                with contextlib.suppress(*REDIS_ERRORS):
+                # Only to enrich the reason: anything it raises must not keep the run's
+                # end from being recorded (it was, once, an AttributeError of redis-py's).
+                with contextlib.suppress(Exception):
                     record = await self._store.get(run.task_id)
                     error = (record or {}).get("error", "")
             state, fields = outcome(run.exit, run.kill, error, verdict)

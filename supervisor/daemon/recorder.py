@@ -67,6 +67,10 @@ class Recorder:
                 return
             except REDIS_ERRORS as exc:
                 log.warning("Redis unreachable (%s): keeping %s=%s for later", exc, task_id, state)
+            except Exception:
+                # redis-py itself can fail mid-failover (an AttributeError from a connection
+                # closed under a connect, seen with 8.1): a run's end is kept, never dropped.
+                log.exception("writing %s=%s failed: keeping it for later", task_id, state)
         self._outbox.append((task_id, state, fields, epoch))
         if self._empty.is_set():
             self._empty = anyio.Event()
@@ -107,6 +111,10 @@ class Recorder:
                 try:
                     await self._write(task_id, state, fields, epoch)
                 except REDIS_ERRORS:
+                    await anyio.sleep(_RETRY_S)
+                    continue
+                except Exception:  # as in record(): kept, retried
+                    log.exception("writing %s=%s failed: retrying", task_id, state)
                     await anyio.sleep(_RETRY_S)
                     continue
                 self._outbox.popleft()
