@@ -70,8 +70,9 @@ async def run_confirmed(
         reply, acked = await pipe.execute()
     if int(acked) < wait.replicas:
         # A master cut off from its replicas is often a demoted one that Sentinel has not
-        # reconfigured yet: reopen, so the retry asks the sentinels.
-        await client.connection_pool.disconnect()
+        # reconfigured yet: reopen, so the retry asks the sentinels. Idle connections
+        # only: the pool's others carry other callers' calls (a daemon's XREADGROUP).
+        await client.connection_pool.disconnect(inuse_connections=False)
         raise _short(where, int(acked), wait)
     return reply
 
