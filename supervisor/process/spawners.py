@@ -156,6 +156,11 @@ class ExecSpawner:
         return None
 
 
+_MAX_SPAWNS_IN_FLIGHT = 16
+"""Requests a fork server has at once; the others wait their turn (the reply timeout runs
+from the send, not from the wait)."""
+
+
 class ForkServerSpawner:
     """Forks each run from a server that imported ADK and ``preload`` once.
 
@@ -175,6 +180,7 @@ class ForkServerSpawner:
         python: str = sys.executable,
         extra_env: dict[str, str] | None = None,
         reply_timeout_s: float = 60.0,
+        max_in_flight: int = _MAX_SPAWNS_IN_FLIGHT,
     ) -> None:
         self.preload = list(preload)
         self.log_path = log_path
@@ -190,6 +196,10 @@ class ForkServerSpawner:
         self._reading = False  # a spawn is reading the socket for everyone
         self._read = anyio.Event()  # set (and replaced) after each read
         self._sending = anyio.Lock()
+        # A burst of 1,000 admitted runs had the server fork 1,000 intermediates at once:
+        # on 2 cores none was answered within the reply timeout, the server was given up
+        # and hundreds of runs failed. Spawning is CPU-bound: a few at a time go as fast.
+        self._in_flight = anyio.Semaphore(max_in_flight)
         self.restarts = 0
         """Times a lost server was replaced on the spawn path (the metrics read it)."""
 
@@ -226,6 +236,11 @@ class ForkServerSpawner:
             raise SpawnError(f"task id longer than {MARKER_ROOM} bytes")
         if task_id in self._replies:
             raise SpawnError(f"task {task_id} is already being spawned")
+        async with self._in_flight:
+            return await self._spawn(spec, container, log_path)
+
+    async def _spawn(self, spec: RunSpec, container: RunContainer, log_path: Path) -> int:
+        task_id = spec.task_id
         request = json.dumps(
             {
                 "task_id": task_id,
