@@ -89,13 +89,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
         raise ValueError(f"{redact_url(url)!r} names no master (or a bad db): {SENTINEL_FORM}")
     username, password = _credentials(userinfo)
-    options = dict(parse_qsl(parts.query))
-    unknown = sorted(set(options) - _SENTINEL_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} in {redact_url(url)!r}: a Sentinel URL takes "
-            f"{sorted(_SENTINEL_OPTIONS)}"
-        )
+    options = _options(parts.query, _SENTINEL_OPTIONS, "a Sentinel URL", url)
     wait_replicas, wait_timeout_ms = _wait_options(options)
     return SentinelURL(
         sentinels=sentinels,
@@ -145,13 +139,7 @@ def parse_cluster_url(url: str) -> ClusterURL:
         raise ValueError(
             f"{redact_url(url)!r} names a database: a Redis Cluster has only db 0 ({CLUSTER_FORM})"
         )
-    options = dict(parse_qsl(parts.query))
-    unknown = sorted(set(options) - _CLUSTER_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} in {redact_url(url)!r}: a Redis Cluster URL takes "
-            f"{sorted(_CLUSTER_OPTIONS)}"
-        )
+    options = _options(parts.query, _CLUSTER_OPTIONS, "a Redis Cluster URL", url)
     wait_replicas, wait_timeout_ms = _wait_options(options)
     username, password = _credentials(userinfo)
     return ClusterURL(
@@ -178,6 +166,17 @@ def _hosts(
             raise ValueError(f"bad {what} address {item!r} in {redact_url(url)!r}: {form}")
         hosts.append((host, int(port)))
     return tuple(hosts)
+
+
+def _options(query: str, allowed: frozenset[str], what: str, url: str) -> dict[str, str]:
+    """The query options of a Sentinel or Cluster URL; ``ValueError`` names unknown ones."""
+    options = dict(parse_qsl(query))
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} in {redact_url(url)!r}: {what} takes {sorted(allowed)}"
+        )
+    return options
 
 
 def _credentials(userinfo: str) -> tuple[str | None, str | None]:
