@@ -455,9 +455,17 @@ def _client_command(args: argparse.Namespace) -> int:
             )
         )
         if args.follow:
-            if not args.json:
-                print(f"task {task_id}", file=sys.stderr)
-            return _follow(url, prefix, task_id, "0-0", args.json, live=True, stop=not args.detach)
+            announce = None if args.json else f"task {task_id}"
+            return _follow(
+                url,
+                prefix,
+                task_id,
+                "0-0",
+                args.json,
+                live=True,
+                stop=not args.detach,
+                announce=announce,
+            )
         if args.wait:
             return _wait(url, prefix, task_id, None, args.json)
         _print_task_id(task_id, args.json)
@@ -540,9 +548,18 @@ def _run_input(args: argparse.Namespace) -> RunInput:
 
 
 def _follow(
-    url: str, prefix: str, task_id: str, after: str, as_json: bool, *, live: bool, stop: bool
+    url: str,
+    prefix: str,
+    task_id: str,
+    after: str,
+    as_json: bool,
+    *,
+    live: bool,
+    stop: bool,
+    announce: str | None = None,
 ) -> int:
     """Prints a run's entries (live: until its end); Ctrl-C aborts it when ``stop``.
+    ``announce``: a line for stderr first (the task id of a run just submitted).
 
     Exits as ``wait`` does once the run ended: 0 only if it completed."""
     ended: list[str] = []
@@ -563,8 +580,10 @@ def _follow(
                     ended.append(str(entry.data.get("state")))
 
     try:
-        # The imports too: a Ctrl-C while they load (a second on a busy host) must
-        # abort the run as well, not just end the CLI.
+        # From the line that names the run on: a Ctrl-C any time after it, while the
+        # imports load too (a second on a busy host), aborts the run, not just the CLI.
+        if announce:
+            print(announce, file=sys.stderr, flush=True)
         import anyio
 
         anyio.run(run)
